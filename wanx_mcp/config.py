@@ -1,0 +1,101 @@
+"""Settings read from the environment (names in shared/CONTRACT.md)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platformdirs
+
+from .errors import InvalidInput
+
+REGION_BASE_URLS = {
+    "beijing": "https://dashscope.aliyuncs.com/api/v1",
+    "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
+    "virginia": "https://dashscope-us.aliyuncs.com/api/v1",
+}
+SIMULATOR_KEY = "sk-simulator"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the contract's defaults."""
+
+    api_key: str | None = field(default=None, repr=False)
+    region: str = "beijing"
+    base_url: str = REGION_BASE_URLS["beijing"]
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("wanx-mcp")))
+    poll_interval: float = 15.0
+    wait_seconds: float = 50.0
+    allowed_dirs: tuple[Path, ...] = field(
+        default_factory=lambda: (Path.home(), Path(tempfile.gettempdir()))
+    )
+    download: bool = True
+    download_hosts: tuple[str, ...] = ("*.aliyuncs.com",)
+    mcp_token: str | None = field(default=None, repr=False)
+    simulate: bool = False
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.data_dir / "videos"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.sqlite3"
+
+    def simulated(self, base_url: str) -> Settings:
+        """These settings pointed at a simulator at ``base_url`` (fake key; its host allowed for downloads)."""
+        host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+        return replace(
+            self, api_key=SIMULATOR_KEY, base_url=base_url, simulate=True,
+            download_hosts=(*self.download_hosts, host),
+        )  # fmt: skip
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(name, raw, "must be a number of seconds") from None
+    if value <= 0:
+        raise InvalidInput(name, raw, "must be positive")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    region = (env.get("WANX_REGION") or "beijing").strip().lower()
+    if region not in REGION_BASE_URLS:
+        raise InvalidInput("WANX_REGION", region, "unknown region", valid=REGION_BASE_URLS)
+    base_url = (env.get("DASHSCOPE_HTTP_BASE_URL") or REGION_BASE_URLS[region]).rstrip("/")
+    defaults = Settings()
+    allowed = env.get("WANX_ALLOWED_DIRS")
+    hosts = env.get("WANX_DOWNLOAD_HOSTS")
+    return Settings(
+        api_key=env.get("DASHSCOPE_API_KEY") or None,
+        region=region,
+        base_url=base_url,
+        data_dir=Path(env["WANX_DATA_DIR"]).expanduser() if env.get("WANX_DATA_DIR") else defaults.data_dir,
+        poll_interval=_number(env, "WANX_POLL_INTERVAL", defaults.poll_interval),
+        wait_seconds=_number(env, "WANX_WAIT_SECONDS", defaults.wait_seconds),
+        allowed_dirs=tuple(Path(p).expanduser() for p in allowed.split(os.pathsep) if p)
+        if allowed
+        else defaults.allowed_dirs,
+        download=_flag(env.get("WANX_DOWNLOAD"), True),
+        download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else defaults.download_hosts,
+        mcp_token=env.get("WANX_MCP_TOKEN") or None,
+        simulate=_flag(env.get("WANX_SIMULATE"), False),
+    )
