@@ -36,7 +36,10 @@ class Settings:
     download: bool = True
     download_hosts: tuple[str, ...] = ("*.aliyuncs.com",)
     mcp_token: str | None = field(default=None, repr=False)
+    mcp_allowed_hosts: tuple[str, ...] = ()
     simulate: bool = False
+    simulator_speed: float = 10.0
+    time_scale: float = 1.0
 
     @property
     def videos_dir(self) -> Path:
@@ -46,11 +49,12 @@ class Settings:
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite3"
 
-    def simulated(self, base_url: str) -> Settings:
-        """These settings pointed at a simulator at ``base_url`` (fake key; its host allowed for downloads)."""
+    def simulated(self, base_url: str, speed: float) -> Settings:
+        """These settings pointed at a running simulator (fake key, its host allowed for downloads, generation
+        times divided by its ``speed``); ``simulate`` is off, since nothing more needs starting."""
         host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
         return replace(
-            self, api_key=SIMULATOR_KEY, base_url=base_url, simulate=True,
+            self, api_key=SIMULATOR_KEY, base_url=base_url, simulate=False, time_scale=speed,
             download_hosts=(*self.download_hosts, host),
         )  # fmt: skip
 
@@ -59,6 +63,11 @@ def _flag(value: str | None, default: bool) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in (value or "").split(",") if item.strip())
+    return items or default
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -78,24 +87,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
     region = (env.get("WANX_REGION") or "beijing").strip().lower()
+    simulate = _flag(env.get("WANX_SIMULATE"), False)
     if region not in REGION_BASE_URLS:
         raise InvalidInput("WANX_REGION", region, "unknown region", valid=REGION_BASE_URLS)
     base_url = (env.get("DASHSCOPE_HTTP_BASE_URL") or REGION_BASE_URLS[region]).rstrip("/")
     defaults = Settings()
     allowed = env.get("WANX_ALLOWED_DIRS")
-    hosts = env.get("WANX_DOWNLOAD_HOSTS")
     return Settings(
         api_key=env.get("DASHSCOPE_API_KEY") or None,
         region=region,
         base_url=base_url,
-        data_dir=Path(env["WANX_DATA_DIR"]).expanduser() if env.get("WANX_DATA_DIR") else defaults.data_dir,
+        data_dir=Path(env["WANX_DATA_DIR"]).expanduser()
+        if env.get("WANX_DATA_DIR")
+        else defaults.data_dir / ("simulated" if simulate else ""),
         poll_interval=_number(env, "WANX_POLL_INTERVAL", defaults.poll_interval),
         wait_seconds=_number(env, "WANX_WAIT_SECONDS", defaults.wait_seconds),
         allowed_dirs=tuple(Path(p).expanduser() for p in allowed.split(os.pathsep) if p)
         if allowed
         else defaults.allowed_dirs,
         download=_flag(env.get("WANX_DOWNLOAD"), True),
-        download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else defaults.download_hosts,
+        download_hosts=_list(env.get("WANX_DOWNLOAD_HOSTS"), defaults.download_hosts),
         mcp_token=env.get("WANX_MCP_TOKEN") or None,
-        simulate=_flag(env.get("WANX_SIMULATE"), False),
+        mcp_allowed_hosts=_list(env.get("WANX_MCP_ALLOWED_HOSTS"), ()),
+        simulate=simulate,
+        simulator_speed=_number(env, "WANX_SIMULATOR_SPEED", defaults.simulator_speed),
     )

@@ -1,0 +1,470 @@
+"""Async client for DashScope's Wan image-to-video API: typed replies, safe retries, local rate limiting.
+
+Every failure becomes a :class:`~wanx_mcp.errors.DashScopeError`. Reads (status, list) and cancel are
+retried on connection errors, timeouts, 429 and 5xx. A create is re-sent only when it provably created no
+task; when that is unknowable it raises :class:`AmbiguousCreate` instead of risking a second paid task.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import anyio
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import __version__
+from .config import Settings
+from .errors import DashScopeError, InvalidInput
+from .ratelimit import RateLimiter
+from .request import VideoRequest
+
+log = logging.getLogger(__name__)
+
+CREATE_PATH = "services/aigc/video-generation/video-synthesis"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+MAX_LIST_WINDOW = timedelta(hours=24)
+LIST_TIME_FORMAT = "%Y%m%d%H%M%S"
+#: The zone DashScope's task times are in: China Standard Time (unverified; the docs state none).
+API_TIMEZONE = timezone(timedelta(hours=8), "UTC+08:00")
+# failures raised before any byte of the request is written
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+USER_AGENT = f"wanx-mcp/{__version__}"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_final(self) -> bool:
+        """Nothing more will happen: the task ended, or DashScope does not know it (UNKNOWN)."""
+        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+
+
+class TaskOutput(BaseModel):
+    """``output`` of a create or status reply; ``code``/``message`` explain a FAILED task."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    task_status: TaskStatus
+    submit_time: str | None = None
+    scheduled_time: str | None = None
+    end_time: str | None = None
+    video_url: str | None = None
+    orig_prompt: str | None = None
+    actual_prompt: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class TaskResponse(BaseModel):
+    """A create or status reply."""
+
+    model_config = ConfigDict(extra="allow")
+
+    request_id: str | None = None
+    output: TaskOutput
+    usage: dict[str, Any] | None = None
+
+
+class TaskListItem(BaseModel):
+    """One task in a list page (``gmt_create`` in epoch milliseconds)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    status: TaskStatus
+    model_name: str | None = None
+    gmt_create: int | None = None
+    start_time: int | str | None = None
+    region: str | None = None
+
+
+class TaskListPage(BaseModel):
+    """A page of ``GET /tasks/``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    total: int
+    total_page: int = 1
+    page_no: int = 1
+    page_size: int = 10
+    request_id: str | None = None
+    data: list[TaskListItem]
+
+
+class _CancelReply(BaseModel):
+    request_id: str
+
+
+class AmbiguousCreate(DashScopeError):
+    """A create was sent but its fate is unknown: a (paid) task may exist. Find it before submitting again."""
+
+    def __init__(self, cause: DashScopeError, *, sent_at: datetime, model: str) -> None:
+        self.sent_at = sent_at
+        self.model = model
+        self.cause = cause
+        since = (sent_at - timedelta(minutes=1)).isoformat(timespec="seconds")
+        super().__init__(
+            "AmbiguousCreate",
+            f"the create request for {model} was sent at {sent_at:%Y-%m-%d %H:%M:%S} UTC and then failed "
+            f"({cause.code}: {cause.message}); a task may exist: look for it with "
+            f"list_tasks(start_time={since!r}, model_name={model!r})",
+            status=cause.status,
+            request_id=cause.request_id,
+        )
+
+
+M = TypeVar("M", bound=BaseModel)
+Verdict = Literal["retry", "ambiguous", "final"]
+Rand = Callable[[], float]
+
+
+class _Failure(Exception):
+    """One failed attempt, with what the retry policies need to know about it."""
+
+    def __init__(
+        self,
+        error: DashScopeError,
+        *,
+        sent_at: datetime,
+        sent: bool = True,
+        api_error: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sent_at = sent_at
+        self.sent = sent  # False: provably nothing reached the server
+        self.api_error = api_error  # DashScope itself answered with its JSON error body
+        self.retry_after = retry_after
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, retry_after: float | None = None, rand: Rand = random.random
+) -> float:
+    """Seconds before retry number ``attempt`` (0-based): ``Retry-After`` if given, else exponential with
+    equal jitter (between half and all of ``base * 2**attempt``); never more than ``cap``."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), cap)
+    ceiling = min(base * 2**attempt, cap)
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max((moment - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def _snippet(text: str, limit: int = 120) -> str:
+    """A short, tag-free excerpt of a non-JSON body for an error message."""
+    plain = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+    return plain if len(plain) <= limit else plain[: limit - 3] + "..."
+
+
+def _create_verdict(failure: _Failure) -> Verdict:
+    """Whether a failed create may be re-sent: only if it provably created no task."""
+    status = failure.error.status
+    if not failure.sent or status == 429 or (status is not None and status >= 500 and failure.api_error):
+        return "retry"
+    if status is None or status >= 500 or status < 400:
+        return "ambiguous"
+    return "final"
+
+
+def _read_verdict(failure: _Failure) -> Verdict:
+    return "retry" if failure.error.retryable else "final"
+
+
+def _api_time(moment: datetime) -> datetime:
+    """A naive time in DashScope's zone: aware times are converted, naive ones taken as already in it."""
+    return moment if moment.tzinfo is None else moment.astimezone(API_TIMEZONE).replace(tzinfo=None)
+
+
+class DashScopeClient:
+    """DashScope's task API on one ``httpx.AsyncClient``; use as ``async with`` or call :meth:`aclose`.
+
+    ``limiter`` is shared by every client given the same one; without it the client makes its own.
+    ``backoff`` is the first retry delay in seconds, doubled each retry up to ``max_backoff``.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str,
+        *,
+        region: str = "beijing",
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        limiter: RateLimiter | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not api_key:
+            raise InvalidInput("DASHSCOPE_API_KEY", api_key, "is required")
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.region = region
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> DashScopeClient:
+        """A client for ``settings``' key, region and base URL; ``kwargs`` go to the constructor."""
+        if not settings.api_key:
+            raise InvalidInput("DASHSCOPE_API_KEY", None, "is required (or set WANX_SIMULATE=1)")
+        return cls(settings.api_key, settings.base_url, region=settings.region, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"DashScopeClient(base_url={self.base_url!r}, region={self.region!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def create_task(self, request: VideoRequest, img_url: str) -> TaskResponse:
+        """Submit ``request`` with ``img_url`` as the first frame; returns the PENDING task.
+
+        Waits first for a running-task slot and a submission of the model's rate-limit family.
+        """
+        payload = request.payload(img_url, self.region)
+        model, family = payload["model"], request.spec.rate_limit.family
+        slot = await self.limiter.acquire(family, refresh=self._refresh)
+        sending = False
+
+        async def pace() -> None:
+            nonlocal sending
+            await self.limiter.pace(family)
+            sending = True
+
+        try:
+            reply = await self._request(
+                "POST", CREATE_PATH, TaskResponse, _create_verdict,
+                json=payload, headers={"X-DashScope-Async": "enable"}, before_attempt=pace,
+            )  # fmt: skip
+        except _Failure as failure:
+            if _create_verdict(failure) == "ambiguous":
+                slot.hold()
+                error: DashScopeError = AmbiguousCreate(failure.error, sent_at=failure.sent_at, model=model)
+                log.warning("%s", error.message)
+            else:
+                slot.release()
+                error = failure.error
+            raise error from failure.__cause__
+        except BaseException as exc:  # cancelled (or worse): once sending began, a task may exist
+            log.warning("create for %s interrupted (%s); sent: %s", model, type(exc).__name__, sending)
+            if sending:
+                slot.hold()
+            else:
+                slot.release()
+            raise
+        slot.assign(reply.output.task_id)
+        log.info("created task %s (%s, request_id=%s)", reply.output.task_id, model, reply.request_id)
+        return reply
+
+    async def get_task(self, task_id: str) -> TaskResponse:
+        """The task's current status and, once SUCCEEDED, its video URL; frees its slot at a final status."""
+        reply = await self._read("GET", f"tasks/{self._quote(task_id)}", TaskResponse)
+        status = reply.output.task_status
+        log.debug("task %s is %s", task_id, status)
+        if status.is_final:
+            self.limiter.release(task_id)
+        return reply
+
+    async def cancel_task(self, task_id: str) -> str:
+        """Cancel a PENDING task; returns the request_id. Other statuses raise ``UnsupportedOperation``."""
+        path = f"tasks/{self._quote(task_id)}/cancel"
+        retried = False
+
+        def verdict(failure: _Failure) -> Verdict:
+            nonlocal retried
+            retried = retried or failure.error.retryable
+            return _read_verdict(failure)
+
+        try:
+            reply = await self._request("POST", path, _CancelReply, verdict)
+        except _Failure as failure:
+            if not (retried and failure.error.code == "UnsupportedOperation"):
+                raise failure.error from failure.__cause__
+            # an earlier attempt whose answer was lost may have cancelled it already
+            state = await self.get_task(task_id)
+            if state.output.task_status != TaskStatus.CANCELED:
+                raise failure.error from failure.__cause__
+            return state.request_id or ""
+        self.limiter.release(task_id)
+        log.info("cancelled task %s", task_id)
+        return reply.request_id
+
+    async def list_tasks(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        model_name: str | None = None,
+        status: TaskStatus | str | None = None,
+        task_id: str | None = None,
+        page_no: int = 1,
+        page_size: int = 10,
+    ) -> TaskListPage:
+        """Tasks of the account. Prefer aware times: naive ones are taken as DashScope's zone (UTC+8)."""
+        start_time = start_time and _api_time(start_time)
+        end_time = end_time and _api_time(end_time)
+        if start_time and end_time:
+            window = end_time - start_time
+            if window < timedelta(0):
+                raise InvalidInput("end_time", end_time.isoformat(), "must not be before start_time")
+            if window > MAX_LIST_WINDOW:
+                raise InvalidInput("end_time", end_time.isoformat(), "must be within 24 hours of start_time")
+        if page_no < 1:
+            raise InvalidInput("page_no", page_no, "must be at least 1")
+        if page_size < 1:
+            raise InvalidInput("page_size", page_size, "must be at least 1")
+        params: dict[str, str | int] = {"page_no": page_no, "page_size": page_size}
+        if start_time:
+            params["start_time"] = start_time.strftime(LIST_TIME_FORMAT)
+        if end_time:
+            params["end_time"] = end_time.strftime(LIST_TIME_FORMAT)
+        for name, value in (("model_name", model_name), ("status", status), ("task_id", task_id)):
+            if value:
+                params[name] = str(value)
+        return await self._read("GET", "tasks/", TaskListPage, params=params)
+
+    async def _refresh(self, task_ids: list[str]) -> None:
+        """Check tasks holding rate-limit slots; get_task frees the finished ones."""
+        for task_id in task_ids:
+            try:
+                await self.get_task(task_id)
+            except DashScopeError as exc:
+                log.warning("could not refresh task %s: %s", task_id, exc.code)
+
+    @staticmethod
+    def _quote(task_id: str) -> str:
+        if not task_id or not task_id.strip():
+            raise InvalidInput("task_id", task_id, "must not be empty")
+        return quote(task_id, safe="")
+
+    async def _read(self, method: str, path: str, model: type[M], **kwargs: Any) -> M:
+        try:
+            return await self._request(method, path, model, _read_verdict, **kwargs)
+        except _Failure as failure:
+            raise failure.error from failure.__cause__
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        verdict: Callable[[_Failure], Verdict],
+        *,
+        before_attempt: Callable[[], Awaitable[None]] | None = None,
+        **kwargs: Any,
+    ) -> M:
+        """Send until an attempt succeeds or ``verdict`` says not to retry (then raise its _Failure)."""
+        attempt = 0
+        while True:
+            if before_attempt is not None:
+                await before_attempt()
+            try:
+                return await self._attempt(method, path, model, **kwargs)
+            except _Failure as failure:
+                if attempt >= self.max_retries or verdict(failure) != "retry":
+                    raise
+                delay = backoff_delay(attempt, self.backoff, self.max_backoff, failure.retry_after)
+                attempt += 1
+                log.warning(
+                    "%s %s failed (%s); retry %d/%d in %.2f s",
+                    method, path, failure.error.code, attempt, self.max_retries, delay,
+                )  # fmt: skip
+                await anyio.sleep(delay)
+
+    async def _attempt(self, method: str, path: str, model: type[M], **kwargs: Any) -> M:
+        sent_at = datetime.now(UTC)
+        started = time.monotonic()
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.RequestError as exc:
+            log.debug("%s %s: %s after %.3f s", method, path, type(exc).__name__, time.monotonic() - started)
+            raise self._transport_failure(exc, sent_at) from exc
+        log.debug("%s %s -> %d in %.3f s", method, path, response.status_code, time.monotonic() - started)
+        body = self._json(response)
+        if response.is_success and isinstance(body, dict):
+            try:
+                return model.model_validate(body)
+            except ValidationError as exc:
+                missing = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
+                message = f"HTTP {response.status_code} reply without the expected fields ({missing})"
+                error = DashScopeError("BadResponse", message, status=response.status_code,
+                                       request_id=body.get("request_id"))  # fmt: skip
+                raise _Failure(error, sent_at=sent_at) from None
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if isinstance(body, dict) and isinstance(body.get("code"), str):
+            error = DashScopeError(
+                body["code"], self._scrub(str(body.get("message") or "")),
+                status=response.status_code, request_id=body.get("request_id"),
+            )  # fmt: skip
+            raise _Failure(error, sent_at=sent_at, api_error=True, retry_after=retry_after)
+        text = _snippet(self._scrub(response.text)) or "(empty body)"
+        error = DashScopeError("BadResponse", f"not a DashScope reply: {text}", status=response.status_code)
+        raise _Failure(error, sent_at=sent_at, retry_after=retry_after)
+
+    def _transport_failure(self, exc: httpx.RequestError, sent_at: datetime) -> _Failure:
+        detail = self._scrub(str(exc)) or type(exc).__name__
+        code = "RequestTimeOut" if isinstance(exc, httpx.TimeoutException) else "ConnectionError"
+        error = DashScopeError(code, f"{type(exc).__name__}: {detail}")
+        return _Failure(error, sent_at=sent_at, sent=not isinstance(exc, _UNSENT))
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the API key, should anything ever echo it."""
+        return text.replace(self._api_key, "sk-***")

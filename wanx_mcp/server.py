@@ -1,0 +1,264 @@
+"""The MCP server: thin wiring of the Wanx library to MCP tools, resources and a prompt."""
+
+
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .errors import WanxError
+from .request import GenerationArgs
+from .service import ModelInfo, Wanx, check_task_id
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 3600.0
+
+INSTRUCTIONS = """\
+Turns a still image plus a text prompt into a short video with Alibaba Cloud DashScope's Wan models.
+Generation is asynchronous, takes 1-5 minutes and is paid per second of video (see list_models for prices).
+Use generate_and_wait for one video: it waits up to wait_seconds and, if the video is not ready by then,
+returns the still-running task with a hint; then call get_task(task_id, wait_seconds=50) until it is final.
+The server keeps watching every task and downloads the finished MP4 (video_path) before DashScope's link
+expires (24 h), even if your call was cancelled. Never resubmit a task just because a wait ran out: that
+costs money twice. Errors start with a code: InvalidInput means nothing was sent (fix the named argument).
+"""
+
+SUBMITS = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
+READS_UPSTREAM = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=True)
+READS_LOCAL = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+CANCELS = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn our errors into ToolErrors, whose message (leading with the code) reaches the agent."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except WanxError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper
+
+
+def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., Awaitable[Task]]:
+    """Give ``fn(ctx, args: GenerationArgs, **rest)`` a flat signature: GenerationArgs' fields, then ``rest``."""
+    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "args"]
+    generation = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[field.annotation, field],
+            default=inspect.Parameter.empty if field.is_required() else field.default,
+        )
+        for name, field in GenerationArgs.model_fields.items()
+    ]
+
+    @functools.wraps(fn)
+    async def wrapper(**kwargs: Any) -> Task:
+        args = GenerationArgs(**{name: kwargs.pop(name) for name in GenerationArgs.model_fields if name in kwargs})
+        return await fn(args=args, **kwargs)
+
+    params = [*generation, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=Task)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": Task}
+    return wrapper
+
+
+def _progress_reporter(ctx: Context) -> Callable[[Task, float], Awaitable[None]]:
+    """MCP progress notifications (strictly increasing elapsed seconds) for a waiting tool."""
+    last = -1.0
+
+    async def report(task: Task, elapsed: float) -> None:
+        nonlocal last
+        last = max(elapsed, last + 0.001)
+        message = f"{task.status} after {int(elapsed)} s"
+        if task.hint and not task.is_final:
+            message += f": {task.hint.split(';')[0]}"
+        await ctx.report_progress(round(last, 3), None, message)
+
+    return report
+
+
+def build_server(wanx: Wanx) -> MCPServer:
+    """An MCP server exposing ``wanx``; resource-updated events go out as tasks change."""
+    bus = InMemorySubscriptionBus()
+    server = MCPServer(
+        "wanx-mcp",
+        title="Wan image-to-video (DashScope)",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        subscriptions=bus,
+    )
+    wait_default = wanx.settings.wait_seconds
+
+    async def publish(task: Task) -> None:
+        await bus.publish(ResourceUpdated(uri=f"wanx://tasks/{task.task_id}"))
+        await bus.publish(ResourceUpdated(uri="wanx://tasks"))
+
+    wanx.watcher.on_change = publish
+
+    def check_wait(wait_seconds: float) -> float:
+        if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
+            raise ToolError(f"InvalidInput: wait_seconds={wait_seconds!r}: must be between 0 and {MAX_WAIT_SECONDS:g}")
+        return wait_seconds
+
+    @server.tool(
+        title="Start an image-to-video task",
+        annotations=SUBMITS,
+    )
+    @_with_generation_args
+    @_tool_errors
+    async def create_video_task(args: GenerationArgs) -> Task:
+        """Submit a video generation (paid per second of video) and return at once with the PENDING task.
+
+        Every argument is checked against the model's documented limits before anything is sent. The server
+        follows the task and downloads the video when done; use get_task(task_id, wait_seconds) to wait.
+        """
+        task = await wanx.create(args)
+        await publish(task)
+        return task
+
+    @server.tool(
+        title="Generate a video and wait for it",
+        annotations=SUBMITS,
+    )
+    @_with_generation_args
+    @_tool_errors
+    async def generate_and_wait(
+        args: GenerationArgs,
+        ctx: Context,
+        wait_seconds: Annotated[
+            float,
+            Field(
+                description=f"How long to wait (default {wait_default:g} s, below MCP clients' ~60 s timeout). "
+                "If the video is not ready by then the running task comes back with a hint; nothing is lost."
+            ),
+        ] = wait_default,
+    ) -> Task:
+        """Submit a video generation (paid per second of video) and wait for the result, with progress.
+
+        Returns the final task (video_path is the downloaded MP4) or, when wait_seconds run out first, the
+        still-running task: then call get_task(task_id, wait_seconds=50). Do not resubmit: that pays twice.
+        """
+        task = await wanx.generate(args, check_wait(wait_seconds), _progress_reporter(ctx))
+        return task
+
+    @server.tool(
+        title="Get (and optionally wait for) a task",
+        annotations=READS_UPSTREAM,
+    )
+    @_tool_errors
+    async def get_task(
+        task_id: Annotated[str, Field(description="The task_id returned by create_video_task or generate_and_wait")],
+        ctx: Context,
+        wait_seconds: Annotated[
+            float, Field(description="Wait up to this many seconds for the task to finish (0: answer at once)")
+        ] = 0,
+    ) -> Task:
+        """The task's status and results (video_url, video_path, actual_prompt, usage, error_code).
+
+        Answers from the server's journal; with wait_seconds > 0 waits for the final result, with progress.
+        """
+        return await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx))
+
+    @server.tool(
+        title="Cancel a pending task",
+        annotations=CANCELS,
+    )
+    @_tool_errors
+    async def cancel_task(task_id: Annotated[str, Field(description="The task to cancel")]) -> Task:
+        """Cancel a task that is still PENDING (queued); DashScope cannot stop a RUNNING one."""
+        return await wanx.cancel(task_id)
+
+    @server.tool(
+        title="List recent tasks",
+        annotations=READS_LOCAL,
+    )
+    @_tool_errors
+    async def list_tasks(
+        status: Annotated[
+            str | None, Field(description="Only tasks in this status: PENDING, RUNNING, SUCCEEDED, FAILED, ...")
+        ] = None,
+        limit: Annotated[int, Field(description="At most this many tasks, newest first (1-500)")] = 20,
+    ) -> TaskList:
+        """Tasks this server has submitted, newest first, from its journal (survives restarts)."""
+        return TaskList(tasks=wanx.list(status, limit))
+
+    @server.tool(
+        title="List the video models",
+        annotations=READS_LOCAL,
+    )
+    async def list_models() -> ModelList:
+        """The Wan image-to-video models: resolutions, durations, templates, limits, price per second."""
+        return ModelList(models=wanx.models())
+
+    @server.resource("wanx://models", mime_type="application/json", title="Video models")
+    async def models_resource() -> str:
+        return ModelList(models=wanx.models()).model_dump_json(indent=2)
+
+    @server.resource("wanx://tasks", mime_type="application/json", title="Recent tasks")
+    async def tasks_resource() -> str:
+        return TaskList(tasks=wanx.list(limit=50)).model_dump_json(indent=2)
+
+    def journaled(task_id: str) -> Task:
+        try:
+            task = wanx.journal.get(check_task_id(task_id))
+        except WanxError as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        if task is None:
+            raise ResourceNotFoundError(f"No task {task_id} in the journal")
+        return task
+
+    @server.resource("wanx://tasks/{task_id}", mime_type="application/json", title="One task")
+    async def task_resource(task_id: str) -> str:
+        return journaled(task_id).model_dump_json(indent=2)
+
+    @server.resource("wanx://tasks/{task_id}/video", mime_type="video/mp4", title="A task's video")
+    async def video_resource(task_id: str) -> bytes:
+        task = journaled(task_id)
+        if not task.video_path or not await anyio.Path(task.video_path).is_file():
+            raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
+        return await anyio.Path(task.video_path).read_bytes()
+
+    @server.prompt(title="Write a motion prompt")
+    async def motion_prompt(
+        subject: Annotated[str, Field(description="What the image shows, e.g. 'a red fox in snow'")],
+        motion: Annotated[str, Field(description="What should move and how")] = "",
+    ) -> str:
+        """Guidance for a good Wan image-to-video prompt."""
+        return (
+            f"Write a prompt (at most 800 characters) for an image-to-video model animating: {subject}.\n"
+            f"Intended motion: {motion or 'natural, subtle motion that fits the scene'}.\n"
+            "Describe, in one or two sentences: the subject's motion (verbs, speed), the camera (static, slow "
+            "push-in, pan left, orbit), the atmosphere and lighting; keep what is in the image consistent; "
+            "avoid asking for new objects or text. Put unwanted artefacts in negative_prompt "
+            "(e.g. 'blurry, distorted hands, flicker'). Then call generate_and_wait with the image and prompt."
+        )
+
+    return server

@@ -1,0 +1,68 @@
+"""How a simulator behaves: speed, keys, randomness, limits and expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from ..catalog import RateLimit, rate_limits
+from ..config import SIMULATOR_KEY
+
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class FamilyLimits:
+    """Overrides of one rate-limit family's catalog figures (None keeps the catalog's)."""
+
+    submissions_per_second: int | None = None
+    running_tasks: int | None = None
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Everything a simulator can be told. Times are simulated seconds, ``speed`` times shorter in reality.
+
+    - ``speed``: how much faster than DashScope tasks run (and videos and tasks expire).
+    - ``api_keys``: the keys accepted as ``Authorization: Bearer <key>``.
+    - ``jitter``/``seed``: vary each task's duration by 0.8-1.2x, from a seeded random generator.
+    - ``limits``: per rate-limit family (``"wan2.1/2.2"``, ``"wan2.5/2.6"``) overrides of the catalog.
+    - ``expiry_seconds``: lifetime of task ids (from submission) and video URLs (from the end).
+    - ``schedule_delay``: time between submission and the earliest start.
+    - ``hold_pending``: start with the queue held (no task leaves PENDING; see SimulatorState.hold_pending).
+    - ``utc_offset_hours``/``region``: how timestamps and task lists present the simulated region.
+    """
+
+    speed: float = 1.0
+    api_keys: Collection[str] = frozenset({SIMULATOR_KEY})
+    jitter: bool = True
+    seed: int | None = 0
+    limits: Mapping[str, FamilyLimits] = field(default_factory=dict)
+    expiry_seconds: float = DAY
+    schedule_delay: float = 0.02
+    hold_pending: bool = False
+    utc_offset_hours: float = 8.0
+    region: str = "cn-beijing"
+
+    def __post_init__(self) -> None:
+        if self.speed <= 0:
+            raise ValueError(f"speed must be positive, not {self.speed}")
+        if self.expiry_seconds <= 0:
+            raise ValueError(f"expiry_seconds must be positive, not {self.expiry_seconds}")
+        unknown = set(self.limits) - set(rate_limits())
+        if unknown:
+            raise ValueError(f"unknown rate-limit families {sorted(unknown)}; known: {sorted(rate_limits())}")
+
+    def rate_limit(self, family: str) -> RateLimit:
+        """The catalog's limits of ``family`` with this config's overrides applied."""
+        base = rate_limits()[family]
+        override = self.limits.get(family, FamilyLimits())
+        return RateLimit(
+            family=family,
+            submissions_per_second=override.submissions_per_second or base.submissions_per_second,
+            running_tasks=override.running_tasks or base.running_tasks,
+        )
+
+    def real_seconds(self, simulated: float) -> float:
+        """How long ``simulated`` seconds last on the wall clock."""
+        return simulated / self.speed
