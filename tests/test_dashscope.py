@@ -18,14 +18,14 @@ from wanx_mcp.dashscope import (
     AmbiguousCreate,
     DashScopeClient,
     TaskResponse,
-    TaskStatus,
     backoff_delay,
     parse_retry_after,
 )
-from wanx_mcp.errors import DashScopeError, InvalidInput
+from wanx_mcp.errors import DashScopeError, InvalidInput, MissingApiKey
 from wanx_mcp.ratelimit import RateLimiter
 from wanx_mcp.request import VideoRequest, build_request
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
+from wanx_mcp.tasks import Status
 
 IMAGE = "https://example.com/cat.png"
 SECRET = "sk-test-3f9a2c51d7e84b06"
@@ -117,14 +117,16 @@ def test_replies_parse_as_documented() -> None:
         }
     )
     assert (failed.output.code, failed.usage) == ("InvalidParameter", None)
-    assert not TaskStatus.PENDING.is_final and not TaskStatus.RUNNING.is_final and TaskStatus.UNKNOWN.is_final
+    assert not Status.PENDING.is_final and not Status.RUNNING.is_final and Status.UNKNOWN.is_final
 
 
-async def test_the_key_stays_out_of_reprs_and_settings_need_one() -> None:
+async def test_the_key_stays_out_of_reprs_and_a_missing_key_sends_nothing(simulator: Any) -> None:
     async with DashScopeClient(SECRET, "http://127.0.0.1:9/api/v1") as c:
         assert SECRET not in repr(c) and SECRET not in str(c) and "127.0.0.1:9" in repr(c)
-    with pytest.raises(InvalidInput, match="DASHSCOPE_API_KEY"):
-        DashScopeClient.from_settings(Settings())
+    async with DashScopeClient.from_settings(Settings(base_url=simulator.base_url)) as c:
+        with pytest.raises(MissingApiKey, match="DASHSCOPE_API_KEY is not set"):
+            await c.get_task("0000aaaa-1111")
+    assert simulator.state.stats()["requests"] == []
     async with DashScopeClient.from_settings(Settings(api_key=SECRET, region="singapore")) as c:
         assert c.region == "singapore" and SECRET not in repr(c)
 
@@ -146,10 +148,10 @@ async def test_list_windows_are_checked_before_sending() -> None:
 async def test_create_poll_download(simulator: RunningSimulator, client: DashScopeClient) -> None:
     created = await client.create_task(video(), IMAGE)
     task_id = created.output.task_id
-    assert created.output.task_status == TaskStatus.PENDING and created.request_id
+    assert created.output.task_status == Status.PENDING and created.request_id
     assert client.limiter.running(FAMILY) == 1 and client.limiter.holders(FAMILY) == [task_id]
     done = await wait_final(client, task_id)
-    assert done.output.task_status == TaskStatus.SUCCEEDED
+    assert done.output.task_status == Status.SUCCEEDED
     assert done.output.video_url and done.output.orig_prompt == "a cat runs on the grass"
     assert done.output.actual_prompt and done.usage and done.usage["video_count"] == 1
     assert client.limiter.running(FAMILY) == 0  # freed by the final status
@@ -166,13 +168,13 @@ async def test_failed_task_reports_its_code_and_frees_its_slot(
     simulator.state.faults.add("create", "task_failed", code="DataInspectionFailed")
     task_id = (await client.create_task(video(), IMAGE)).output.task_id
     done = await wait_final(client, task_id)
-    assert (done.output.task_status, done.output.code) == (TaskStatus.FAILED, "DataInspectionFailed")
+    assert (done.output.task_status, done.output.code) == (Status.FAILED, "DataInspectionFailed")
     assert done.output.message and client.limiter.running(FAMILY) == 0
 
 
 async def test_unknown_task_id(client: DashScopeClient) -> None:
     reply = await client.get_task("0b3c5e0e-0000-4000-8000-000000000000")
-    assert reply.output.task_status == TaskStatus.UNKNOWN
+    assert reply.output.task_status == Status.UNKNOWN
 
 
 # -- errors DashScope reports ----------------------------------------------------------------------
@@ -212,7 +214,7 @@ async def test_create_is_resent_only_after_answers_creating_nothing(make_simulat
     sim.state.faults.add("create", "error", status=503, code="ServiceUnavailable")
     async with connect(sim, limiter=limiter) as c:
         created = await c.create_task(video(), IMAGE)
-    assert created.output.task_status == TaskStatus.PENDING
+    assert created.output.task_status == Status.PENDING
     assert stats(sim)["creates_received"] == 5 and stats(sim)["tasks_created"] == 1
     assert limiter.holders(FAMILY) == [created.output.task_id]
 
@@ -308,12 +310,12 @@ async def test_cancel_pending_and_not_running(make_simulator: MakeSimulator) -> 
     async with connect(sim) as c:
         pending = (await c.create_task(video(), IMAGE)).output.task_id
         assert await c.cancel_task(pending)
-        assert (await c.get_task(pending)).output.task_status == TaskStatus.CANCELED
+        assert (await c.get_task(pending)).output.task_status == Status.CANCELED
         assert c.limiter.running(FAMILY) == 0
         running = (await c.create_task(video(), IMAGE)).output.task_id
         sim.state.hold_pending = False
         with anyio.fail_after(5):
-            while (await c.get_task(running)).output.task_status == TaskStatus.PENDING:
+            while (await c.get_task(running)).output.task_status == Status.PENDING:
                 await anyio.sleep(0.01)
         with pytest.raises(DashScopeError) as caught:
             await c.cancel_task(running)
@@ -328,7 +330,7 @@ async def test_cancel_whose_answer_was_lost_still_succeeds(make_simulator: MakeS
         task_id = (await c.create_task(video(), IMAGE)).output.task_id
         sim.state.faults.add("cancel", "delay", seconds=0.5)  # handled after the client gave up waiting
         assert await c.cancel_task(task_id)  # the retry meets UnsupportedOperation: already CANCELED
-        assert (await c.get_task(task_id)).output.task_status == TaskStatus.CANCELED
+        assert (await c.get_task(task_id)).output.task_status == Status.CANCELED
 
 
 async def test_list_tasks_filters_and_pages(make_simulator: MakeSimulator) -> None:
@@ -346,7 +348,7 @@ async def test_list_tasks_filters_and_pages(make_simulator: MakeSimulator) -> No
         paged = await c.list_tasks(model_name="wan2.2-i2v-flash", page_size=1, page_no=2)
         assert (paged.total, paged.total_page, paged.page_no, len(paged.data)) == (2, 2, 2, 1)
         await wait_final(c, turbo)
-        succeeded = await c.list_tasks(status=TaskStatus.SUCCEEDED, task_id=turbo)
+        succeeded = await c.list_tasks(status=Status.SUCCEEDED, task_id=turbo)
         assert [item.task_id for item in succeeded.data] == [turbo]
         assert (await c.list_tasks(start_time=start + timedelta(hours=1))).total == 0
 
@@ -381,7 +383,7 @@ async def test_a_burst_queues_locally_without_429s_or_too_many_tasks(make_simula
             while len(results) < 10:
                 seen.add((limiter.running(FAMILY), limiter.queued(FAMILY)))
                 await anyio.sleep(0.005)
-    assert [r.output.task_status for r in results] == [TaskStatus.SUCCEEDED] * 10
+    assert [r.output.task_status for r in results] == [Status.SUCCEEDED] * 10
     assert max(running for running, _ in seen) == 2 and max(queued for _, queued in seen) >= 6
     report = stats(sim)
     assert report["creates_received"] == 10 and report["tasks_created"] == 10

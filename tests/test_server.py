@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from itertools import pairwise
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ async def test_generate_and_wait_reports_progress_and_saves_the_video(
     assert task["usage"]["duration"] == 5 and task["estimated_cost_cny"] == 0.5
     assert task["video_url"].startswith(simulator.root_url) and task["video_url_expires_at"]
     assert "saved at" in task["hint"]
-    assert updates and all(b[0] > a[0] for a, b in zip(updates, updates[1:], strict=False))
+    assert updates and all(b[0] > a[0] for a, b in pairwise(updates))
     assert any("PENDING" in (m or "") or "RUNNING" in (m or "") for _, m in updates)
 
 
@@ -161,6 +162,17 @@ async def test_wrong_key_names_the_region_fix(simulator: Any, tmp_path: Path, im
     async with Wanx.open(settings) as service, Client(build_server(service)) as session:
         result = await session.call_tool("create_video_task", {"image": str(image)})
     assert result.is_error and "InvalidApiKey" in text_of(result) and "WANX_REGION=singapore" in text_of(result)
+
+
+async def test_without_a_key_the_server_starts_and_says_what_to_do(
+    simulator: Any, tmp_path: Path, image: Path
+) -> None:
+    settings = settings_for(simulator, tmp_path, api_key=None)
+    async with Wanx.open(settings) as service, Client(build_server(service)) as session:
+        assert not (await session.call_tool("list_models", {})).is_error
+        result = await session.call_tool("create_video_task", {"image": str(image)})
+    assert result.is_error and "MissingApiKey" in text_of(result) and "WANX_SIMULATE=1" in text_of(result)
+    assert simulator.state.stats()["requests"] == []
 
 
 async def test_moderation_failure_comes_back_as_failed_task_with_hint(client: Client, image: Path) -> None:

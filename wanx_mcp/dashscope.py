@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
-from enum import StrEnum
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
@@ -25,9 +24,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import __version__
 from .config import Settings
-from .errors import DashScopeError, InvalidInput
+from .errors import DashScopeError, InvalidInput, MissingApiKey
 from .ratelimit import RateLimiter
 from .request import VideoRequest
+from .tasks import Status
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +42,13 @@ _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.Un
 USER_AGENT = f"wanx-mcp/{__version__}"
 
 
-class TaskStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
-    UNKNOWN = "UNKNOWN"
-
-    @property
-    def is_final(self) -> bool:
-        """Nothing more will happen: the task ended, or DashScope does not know it (UNKNOWN)."""
-        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
-
-
 class TaskOutput(BaseModel):
     """``output`` of a create or status reply; ``code``/``message`` explain a FAILED task."""
 
     model_config = ConfigDict(extra="allow")
 
     task_id: str
-    task_status: TaskStatus
+    task_status: Status
     submit_time: str | None = None
     scheduled_time: str | None = None
     end_time: str | None = None
@@ -89,7 +75,7 @@ class TaskListItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     task_id: str
-    status: TaskStatus
+    status: Status
     model_name: str | None = None
     gmt_create: int | None = None
     start_time: int | str | None = None
@@ -219,7 +205,7 @@ class DashScopeClient:
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str | None,
         base_url: str,
         *,
         region: str = "beijing",
@@ -230,9 +216,7 @@ class DashScopeClient:
         limiter: RateLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not api_key:
-            raise InvalidInput("DASHSCOPE_API_KEY", api_key, "is required")
-        self._api_key = api_key
+        self._api_key = api_key or None
         self.base_url = base_url.rstrip("/")
         self.region = region
         self.max_retries = max_retries
@@ -241,7 +225,7 @@ class DashScopeClient:
         self.limiter = limiter if limiter is not None else RateLimiter()
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT} | ({"Authorization": f"Bearer {api_key}"} if api_key else {}),
             timeout=timeout,
             transport=transport,
         )
@@ -249,8 +233,6 @@ class DashScopeClient:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> DashScopeClient:
         """A client for ``settings``' key, region and base URL; ``kwargs`` go to the constructor."""
-        if not settings.api_key:
-            raise InvalidInput("DASHSCOPE_API_KEY", None, "is required (or set WANX_SIMULATE=1)")
         return cls(settings.api_key, settings.base_url, region=settings.region, **kwargs)
 
     def __repr__(self) -> str:
@@ -333,7 +315,7 @@ class DashScopeClient:
                 raise failure.error from failure.__cause__
             # an earlier attempt whose answer was lost may have cancelled it already
             state = await self.get_task(task_id)
-            if state.output.task_status != TaskStatus.CANCELED:
+            if state.output.task_status != Status.CANCELED:
                 raise failure.error from failure.__cause__
             return state.request_id or ""
         self.limiter.release(task_id)
@@ -346,7 +328,7 @@ class DashScopeClient:
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         model_name: str | None = None,
-        status: TaskStatus | str | None = None,
+        status: Status | str | None = None,
         task_id: str | None = None,
         page_no: int = 1,
         page_size: int = 10,
@@ -405,6 +387,8 @@ class DashScopeClient:
         **kwargs: Any,
     ) -> M:
         """Send until an attempt succeeds or ``verdict`` says not to retry (then raise its _Failure)."""
+        if self._api_key is None:
+            raise MissingApiKey()
         attempt = 0
         while True:
             if before_attempt is not None:

@@ -97,3 +97,15 @@ class DashScopeError(WanxError):
             "ConnectionError",
             "RequestTimeOut",
         }
+
+
+class MissingApiKey(WanxError):
+    """No DASHSCOPE_API_KEY: nothing can be sent."""
+
+    code = "MissingApiKey"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "MissingApiKey: DASHSCOPE_API_KEY is not set. Create a key in the Alibaba Cloud Model Studio console "
+            "(keys are per region: set WANX_REGION too), or set WANX_SIMULATE=1 to try the free simulator."
+        )

@@ -27,10 +27,12 @@ from .catalog import ImageLimits
 from .errors import InvalidInput
 
 MAX_URL_CHARS = 2048
+#: Images with more pixels (and more than ``max_side`` squared) are refused before any pixel is decoded.
+MAX_DECODE_PIXELS = 8000 * 8000
 #: With fit, files and data URIs up to this many times ``max_bytes`` are read (to be re-encoded smaller).
 FIT_INPUT_FACTOR = 4
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "WEBP": "image/webp"}
-#: Formats that are refused as they are but that fit converts (Pillow decodes them without helpers).
+#: Formats refused as they are but converted to PNG by fit (Pillow decodes them without external helpers).
 CONVERTIBLE_FORMATS = ("GIF", "TIFF")
 #: URL path endings that cannot be an accepted image (anything else, or none, is left to DashScope).
 NON_IMAGE_EXTENSIONS = frozenset({
@@ -46,7 +48,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 _WHITESPACE = re.compile(r"\s+")
 _FIX_HINT = "; fit_image=true fixes this"
 _JPEG_QUALITIES = (90, 80, 70, 60)
-_BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3, so the pieces concatenate into one valid base64 text
+_BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3, so the encoded pieces join into one valid base64 text
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class _Probe:
 def prepare_image(
     image: str, limits: ImageLimits, *, allowed_dirs: Sequence[Path], fit: bool = False
 ) -> PreparedImage:
-    """Check ``image`` (URL, data URI, file:// URI or path) against ``limits``; InvalidInput says what is wrong.
+    """Check ``image`` (URL, data URI, file:// URI or path) against ``limits``, or raise InvalidInput.
 
     Local files must lie under ``allowed_dirs`` with no hidden component. With ``fit``, fixable problems
     (pixel size, transparency, GIF/TIFF format, byte size) are repaired and listed in ``changes``.
@@ -109,7 +111,7 @@ async def prepare_image_async(
     return await anyio.to_thread.run_sync(call)
 
 
-# --- URLs -------------------------------------------------------------------------------------------
+# --- URLs ----------------------------------------------------------------------------------------------
 
 
 def _from_url(url: str, limits: ImageLimits) -> PreparedImage:
@@ -128,14 +130,13 @@ def _from_url(url: str, limits: ImageLimits) -> PreparedImage:
         raise _invalid(url, "URL must not contain credentials (user:password@); DashScope needs a public URL")
     extension = PurePosixPath(unquote(parts.path)).suffix.lower()
     if extension in NON_IMAGE_EXTENSIONS:
-        raise _invalid(
-            url, f"URL points to a {extension} file, which is not an accepted image format", valid=limits.formats
-        )
+        rule = f"URL points to a {extension} file, which is not an accepted image format"
+        raise _invalid(url, rule, valid=limits.formats)
     shown = parts._replace(query="", fragment="").geturl() + ("?…" if parts.query else "")
     return PreparedImage(img_url=url, source="url", description=_shorten(shown, 200))
 
 
-# --- data URIs --------------------------------------------------------------------------------------
+# --- data URIs -----------------------------------------------------------------------------------------
 
 
 def _from_data_uri(text: str, limits: ImageLimits, fit: bool) -> PreparedImage:
@@ -146,7 +147,8 @@ def _from_data_uri(text: str, limits: ImageLimits, fit: bool) -> PreparedImage:
     comma = text.find(",", 0, 256)
     params = text[5 : max(comma, 5)].lower().split(";")
     if not params[0].startswith("image/") or comma < 0:
-        raise _invalid(shown, "data URI must look like data:image/<type>;base64,<data>", valid=MIME_TYPES.values())
+        rule = "data URI must look like data:image/<type>;base64,<data>"
+        raise _invalid(shown, rule, valid=MIME_TYPES.values())
     if params[-1] != "base64":
         raise _invalid(shown, "data URI must be base64-encoded (data:image/<type>;base64,<data>)")
     return _prepare_bytes(
@@ -173,7 +175,7 @@ def _decode_base64(text: str, start: int, shown: str) -> bytes:
     return data
 
 
-# --- local files ------------------------------------------------------------------------------------
+# --- local files ---------------------------------------------------------------------------------------
 
 
 def _file_uri_path(uri: str) -> str:
@@ -181,7 +183,7 @@ def _file_uri_path(uri: str) -> str:
     if parts.netloc not in ("", "localhost"):
         raise _invalid(uri, f"file:// URI names another host ({parts.netloc}); only local files can be read")
     if parts.query or parts.fragment:
-        raise _invalid(uri, "file:// URI must not have a query or fragment (percent-encode '?' and '#' as %3F, %23)")
+        raise _invalid(uri, "file:// URI must not have a query or fragment (write '?' as %3F and '#' as %23)")
     return unquote(parts.path)
 
 
@@ -219,24 +221,24 @@ def _from_file(
 
 
 def _locate(shown: str, given: Path, allowed_dirs: Sequence[Path]) -> Path:
-    """The real path of ``given`` if it lies under an allowed folder with no hidden part (exists or not)."""
+    """The real path of ``given`` if it lies under an allowed folder with no hidden part (existing or not)."""
     roots = [Path(d).expanduser().absolute() for d in allowed_dirs]
     real_roots = [root.resolve() for root in roots]
     prefixes = [r for r in roots + real_roots if given.parts[: len(r.parts)] == r.parts]
-    below = given.parts[max((len(r.parts) for r in prefixes), default=0) :]
-    if _hidden(below):
-        raise _invalid(shown, f"path has a hidden component ({_hidden(below)}); hidden files and folders are refused")
+    hidden = _hidden(given.parts[max((len(r.parts) for r in prefixes), default=0) :])
+    if hidden:
+        raise _invalid(shown, f"path has a hidden component ({hidden}); hidden files and folders are refused")
     try:
         real = given.resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise _invalid(shown, f"cannot be resolved ({exc})") from None
     inside = [real.relative_to(r).parts for r in real_roots if real.is_relative_to(r)]
     if not inside:
-        raise _invalid(
-            shown, "is outside the allowed folders (set WANX_ALLOWED_DIRS to allow another folder)", valid=roots
-        )
+        rule = "is outside the allowed folders (set WANX_ALLOWED_DIRS to allow another folder)"
+        raise _invalid(shown, rule, valid=roots)
     if all(_hidden(parts) for parts in inside):
-        raise _invalid(shown, f"resolves to a hidden file or folder ({_hidden(inside[0])}); these are refused")
+        rule = f"resolves to a hidden file or folder ({_hidden(inside[0])}); these are refused"
+        raise _invalid(shown, rule)
     return real
 
 
@@ -245,10 +247,10 @@ def _hidden(parts: Sequence[str]) -> str | None:
 
 
 def _read(real: Path, expected: int, shown: str, limits: ImageLimits, fit: bool) -> bytes:
-    """At most ``expected + 1`` bytes of the regular file ``real`` (opened without blocking or following links)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    """At most ``expected + 1`` bytes of regular file ``real`` (opened non-blocking, not following links)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        with open(os.open(real, flags), "rb") as f:
+        with open(os.open(real, flags | getattr(os, "O_BINARY", 0)), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise _invalid(shown, "is not a regular file")
             data = f.read(expected + 1)
@@ -274,7 +276,7 @@ def _too_big(size: int, limits: ImageLimits) -> str:
     return f"is {size:,} bytes ({_size(size)}), over the {_size(limits.max_bytes)} limit of this model{hint}"
 
 
-# --- checking and fitting the bytes -----------------------------------------------------------------
+# --- checking and fitting the bytes --------------------------------------------------------------------
 
 
 def _prepare_bytes(
@@ -296,22 +298,20 @@ def _prepare_bytes(
     _check_byte_size(shown, len(data), limits, fit)
     probe = _inspect(data, limits, shown)
     problems, fixable = _problems(probe, len(data), limits)
+    valid = limits.formats if probe.format not in limits.formats else None
+    if problems and not (fit and fixable):
+        raise _invalid(shown, "; ".join(problems) + (_FIX_HINT if fixable else ""), valid=valid)
     changes: list[str] = []
-    fitted = ""
-    if problems and not fit:
-        raise _invalid(shown, "; ".join(problems) + (_FIX_HINT if fixable else ""), valid=_valid(probe, limits))
-    if problems and not fixable:
-        raise _invalid(shown, "; ".join(problems), valid=_valid(probe, limits))
     if problems:
         data, probe, changes = _fit(data, probe, limits, shown)
-        fitted = "fitted: "
     elif claimed_mime and claimed_mime != MIME_TYPES[probe.format]:
-        changes.append(f"relabelled the data URI from {claimed_mime} to {MIME_TYPES[probe.format]} (its content)")
+        changes.append(f"relabelled the data URI from {claimed_mime} to {MIME_TYPES[probe.format]} (content)")
     size = len(data)
     encoded = _base64_after(f"data:{MIME_TYPES[probe.format]};base64,".encode(), data)
     del data
     img_url = encoded.decode("ascii")
     del encoded
+    fitted = "fitted: " if problems else ""
     return PreparedImage(
         img_url=img_url,
         source=source,
@@ -325,7 +325,7 @@ def _prepare_bytes(
 
 
 def _base64_after(prefix: bytes, data: bytes) -> bytearray:
-    """``prefix`` then the base64 of ``data``, encoded chunk by chunk into one buffer (no full-size temporary)."""
+    """``prefix`` then the base64 of ``data``, encoded piecewise into one buffer (no full-size temporary)."""
     encoded = bytearray(len(prefix) + (len(data) + 2) // 3 * 4)
     encoded[: len(prefix)] = prefix
     view = memoryview(data)
@@ -338,16 +338,21 @@ def _base64_after(prefix: bytes, data: bytes) -> bytearray:
 
 
 def _inspect(data: bytes, limits: ImageLimits, shown: str) -> _Probe:
-    """Format, size and transparency, checking integrity cheaply (never decoding a JPEG or PNG without alpha)."""
+    """Format, size and transparency, with cheap integrity checks.
+
+    Pixels are decoded only for BMP, GIF and TIFF, and for PNG or WEBP with an alpha channel; formats Pillow
+    would need external helpers for are identified but never decoded.
+    """
     try:
         with Image.open(BytesIO(data)) as img:
             fmt = "JPEG" if img.format == "MPO" else str(img.format)
             width, height = img.size
-            if width * height > limits.max_side**2:
+            if width * height > max(MAX_DECODE_PIXELS, limits.max_side**2):
                 raise _invalid(
                     shown,
                     f"is {width}x{height} ({width * height / 1e6:.0f} megapixels): images over "
-                    f"{limits.max_side}x{limits.max_side} are refused unread (decompression-bomb guard)",
+                    f"{MAX_DECODE_PIXELS // 1_000_000} megapixels are refused unread "
+                    "(decompression-bomb guard)",
                 )
             may_be_transparent = img.has_transparency_data
             transparent = False
@@ -356,8 +361,8 @@ def _inspect(data: bytes, limits: ImageLimits, shown: str) -> _Probe:
             elif fmt == "JPEG":
                 if data.rfind(b"\xff\xd9", img.fp.tell()) < 0:
                     raise _invalid(shown, "is a truncated JPEG (no end-of-image marker)")
-            elif fmt in limits.formats or fmt in CONVERTIBLE_FORMATS:
-                img.load()
+            elif fmt == "BMP" or fmt in CONVERTIBLE_FORMATS or (fmt == "WEBP" and may_be_transparent):
+                img.load()  # (opening a WEBP already parsed its whole container)
                 transparent = _transparent(img)
         if fmt == "PNG" and may_be_transparent:
             with Image.open(BytesIO(data)) as img:
@@ -366,7 +371,7 @@ def _inspect(data: bytes, limits: ImageLimits, shown: str) -> _Probe:
     except InvalidInput:
         raise
     except Image.DecompressionBombError as exc:
-        raise _invalid(shown, f"has too many pixels to decode safely ({exc})") from None
+        raise _invalid(shown, f"has too many pixels to decode (decompression-bomb guard: {exc})") from None
     except UnidentifiedImageError:
         raise _invalid(shown, "is not an image (Pillow cannot identify it)", valid=limits.formats) from None
     except Exception as exc:  # Pillow reports damage with many exception types
@@ -387,9 +392,9 @@ def _problems(probe: _Probe, size: int, limits: ImageLimits) -> tuple[list[str],
     problems: list[str] = []
     fixable = True
     if probe.format not in limits.formats:
-        convertible = probe.format in CONVERTIBLE_FORMATS
-        fixable = fixable and convertible
-        problems.append(f"format {probe.format} is not accepted" + (" (fit converts it to PNG)" if convertible else ""))
+        fixable = probe.format in CONVERTIBLE_FORMATS
+        converts = " (fit converts it to PNG)" if fixable else ""
+        problems.append(f"format {probe.format} is not accepted{converts}")
     if probe.transparent:
         problems.append("has transparent pixels, which DashScope does not accept")
     w, h = probe.width, probe.height
@@ -401,10 +406,6 @@ def _problems(probe: _Probe, size: int, limits: ImageLimits) -> tuple[list[str],
     if size > limits.max_bytes:
         problems.append(f"is {_size(size)}, over the {_size(limits.max_bytes)} limit of this model")
     return problems, fixable
-
-
-def _valid(probe: _Probe, limits: ImageLimits) -> tuple[str, ...] | None:
-    return limits.formats if probe.format not in limits.formats else None
 
 
 def _target_size(width: int, height: int, limits: ImageLimits) -> tuple[int, int] | None:
@@ -437,11 +438,12 @@ def _fit(data: bytes, probe: _Probe, limits: ImageLimits, shown: str) -> tuple[b
     changes: list[str] = []
     if probe.format not in limits.formats:
         changes.append(f"converted {probe.format} to PNG")
-    if img.mode not in ("L", "RGB"):
-        if probe.transparent:
-            changes.append("flattened transparency onto white")
+    if probe.transparent:
+        changes.append("flattened transparency onto white")
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    elif img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
     if target:
         verb = "downscaled" if target[0] < probe.width else "upscaled"
         changes.append(f"{verb} {probe.width}x{probe.height} -> {target[0]}x{target[1]}")
@@ -460,29 +462,35 @@ def _fit(data: bytes, probe: _Probe, limits: ImageLimits, shown: str) -> tuple[b
 
 
 def _shrink(
-    img: Image.Image, saved: dict[str, bytes], before: int, qualities: Sequence[int], limits: ImageLimits, shown: str
+    img: Image.Image,
+    saved: dict[str, bytes],
+    before: int,
+    qualities: Sequence[int],
+    limits: ImageLimits,
+    shown: str,
 ) -> tuple[bytes, Image.Image, str]:
     """JPEG at decreasing ``qualities``, then smaller (not below min_side), until it fits ``max_bytes``."""
     goal = f"to fit {_size(limits.max_bytes)}"
     for quality in qualities:
         data = _save(img, "JPEG", saved, quality)
         if len(data) <= limits.max_bytes:
-            return data, img, f"re-encoded as JPEG quality {quality} {goal} ({_size(before)} -> {_size(len(data))})"
+            note = f"re-encoded as JPEG quality {quality} {goal} ({_size(before)} -> {_size(len(data))})"
+            return data, img, note
     quality = _JPEG_QUALITIES[-1]
     width, height = img.size
     while len(data) > limits.max_bytes:
         scale = 0.9 * (limits.max_bytes / len(data)) ** 0.5
         size = (round(img.width * scale), round(img.height * scale))
         if min(size) < limits.min_side:
-            raise _invalid(
-                shown, f"cannot be brought under {_size(limits.max_bytes)} without going below {limits.min_side} px"
-            )
+            rule = f"cannot get under {_size(limits.max_bytes)} without going below {limits.min_side} px"
+            raise _invalid(shown, rule)
         img = img.resize(size, Image.Resampling.LANCZOS)
         data = _save(img, "JPEG", saved, quality)
-    return data, img, (
+    note = (
         f"downscaled {width}x{height} -> {img.width}x{img.height} and re-encoded as JPEG quality {quality} "
         f"{goal} ({_size(before)} -> {_size(len(data))})"
     )
+    return data, img, note
 
 
 def _save(img: Image.Image, fmt: str, saved: dict[str, bytes], quality: int) -> bytes:
@@ -491,7 +499,7 @@ def _save(img: Image.Image, fmt: str, saved: dict[str, bytes], quality: int) -> 
     return out.getvalue()
 
 
-# --- small helpers ----------------------------------------------------------------------------------
+# --- small helpers -------------------------------------------------------------------------------------
 
 
 def _invalid(shown: str, rule: str, valid: Iterable[object] | None = None) -> InvalidInput:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from .catalog import MODELS, ModelSpec, RateLimit
 from .config import Settings, load_settings
 from .dashscope import DashScopeClient
-from .errors import DashScopeError, InvalidInput, WanxError
+from .errors import DashScopeError, InvalidInput
 from .images import prepare_image_async
 from .journal import Journal
 from .request import GenerationArgs, build_request
@@ -28,16 +28,6 @@ DOWNLOAD_TIMEOUT = 300.0
 
 #: Called while waiting: the task as it stands and the seconds waited so far.
 ProgressListener = Callable[[Task, float], Awaitable[None]]
-
-
-class MissingApiKey(WanxError):
-    code = "MissingApiKey"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "MissingApiKey: DASHSCOPE_API_KEY is not set. Create a key in the Alibaba Cloud Model Studio console "
-            "(keys are per region: set WANX_REGION too), or set WANX_SIMULATE=1 to try the free simulator."
-        )
 
 
 class ModelInfo(BaseModel):
@@ -113,16 +103,17 @@ class Wanx:
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             watcher = Watcher(client, journal, settings, downloads, on_change=on_change)
-            group = await stack.enter_async_context(anyio.create_task_group())
-            await group.start(watcher.run)
-            try:
-                yield cls(settings, client, journal, watcher)
-            finally:
-                group.cancel_scope.cancel()
-
-    def _require_key(self) -> None:
-        if not self.settings.api_key:
-            raise MissingApiKey()
+            failure: BaseException | None = None
+            async with anyio.create_task_group() as group:
+                await group.start(watcher.run)
+                try:
+                    yield cls(settings, client, journal, watcher)
+                except BaseException as exc:  # re-raised below, outside the group, so it is not wrapped
+                    failure = exc
+                finally:
+                    group.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
 
     def _present(self, task: Task) -> Task:
         return task.model_copy(update={"hint": hint_for(task, remaining_seconds(self.watcher, task))})
@@ -133,7 +124,6 @@ class Wanx:
         image = await prepare_image_async(
             request.image, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
         )
-        self._require_key()
         journaled = request.model_dump(exclude={"image"}) | {"image": image.description}
         submission = self.journal.record_submission(request.model, journaled)
         try:
@@ -184,7 +174,6 @@ class Wanx:
 
     async def _upstream_only(self, task_id: str) -> Task:
         """A task this journal never saw: DashScope's answer, not journaled."""
-        self._require_key()
         response = await self.client.get_task(task_id)
         out = response.output
         task = Task(
@@ -233,7 +222,6 @@ class Wanx:
     async def cancel(self, task_id: str) -> Task:
         """Cancel a PENDING task (DashScope refuses others with UnsupportedOperation)."""
         task_id = check_task_id(task_id)
-        self._require_key()
         await self.client.cancel_task(task_id)
         if self.journal.get(task_id) is None:
             return await self._upstream_only(task_id)
