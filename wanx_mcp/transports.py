@@ -19,6 +19,8 @@ from .service import Wanx
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+#: Largest HTTP request body: a 20 MB image as a base64 data URI, plus the JSON around it.
+MAX_REQUEST_BODY = 28 * 1024 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -77,7 +79,9 @@ def http_app(wanx: Wanx, host: str, port: int) -> ASGIApp:
     token = wanx.settings.mcp_token
     check_exposure(host, token)
     app: ASGIApp = build_server(wanx).streamable_http_app(
-        transport_security=transport_security(host, port, wanx.settings.mcp_allowed_hosts), host=host
+        transport_security=transport_security(host, port, wanx.settings.mcp_allowed_hosts),
+        host=host,
+        max_request_body_size=MAX_REQUEST_BODY,
     )
     return BearerToken(app, token) if token else app
 
