@@ -180,6 +180,11 @@ def test_bad_urls_are_refused(tmp_path: Path, url: str, fragment: str) -> None:
     refused(url, tmp_path, fragment)
 
 
+def test_credentials_are_not_repeated_in_the_error(tmp_path: Path) -> None:
+    message = refused("https://user:hunter2@example.com/a.png", tmp_path, "https://***@example.com/a.png")
+    assert "hunter2" not in message
+
+
 def test_empty_argument(tmp_path: Path) -> None:
     refused("   ", tmp_path, "must not be empty")
 
@@ -387,6 +392,7 @@ def test_data_uri_with_line_breaks(tmp_path: Path) -> None:
     [
         ("data:image/png;base64,iVBORw0KGgo#AAAA", "invalid or truncated base64"),
         ("data:image/png;base64,iVBORw0KG", "invalid or truncated base64"),
+        ("data:image/png;base64,iVBORw0KGgoé", "invalid or truncated base64"),
         ("data:image/png;base64,", "holds no data"),
         ("data:image/png,rawbytes", "must be base64-encoded"),
         ("data:text/plain;base64,aGVsbG8=", "must look like data:image/<type>;base64,<data>"),

@@ -196,6 +196,14 @@ def _api_time(moment: datetime) -> datetime:
     return moment if moment.tzinfo is None else moment.astimezone(API_TIMEZONE).replace(tzinfo=None)
 
 
+def _create_headers(img_url: str) -> dict[str, str]:
+    """Async mode always; ``oss://`` images (SDK-uploaded temporary files) must be resolved by DashScope."""
+    headers = {"X-DashScope-Async": "enable"}
+    if img_url.startswith("oss://"):
+        headers["X-DashScope-OssResourceResolve"] = "enable"
+    return headers
+
+
 class DashScopeClient:
     """DashScope's task API on one ``httpx.AsyncClient``; use as ``async with`` or call :meth:`aclose`.
 
@@ -267,7 +275,7 @@ class DashScopeClient:
         try:
             reply = await self._request(
                 "POST", CREATE_PATH, TaskResponse, _create_verdict,
-                json=payload, headers={"X-DashScope-Async": "enable"}, before_attempt=pace,
+                json=payload, headers=_create_headers(img_url), before_attempt=pace,
             )  # fmt: skip
         except _Failure as failure:
             if _create_verdict(failure) == "ambiguous":

@@ -8,7 +8,6 @@ Pillow (format, transparency, size in pixels and bytes, integrity) and sent as b
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import os
@@ -45,7 +44,6 @@ NON_IMAGE_EXTENSIONS = frozenset({
 _MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
                  "image/x-ms-bmp": "image/bmp", "image/x-bmp": "image/bmp"}  # fmt: skip
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
-_WHITESPACE = re.compile(r"\s+")
 _FIX_HINT = "; fit_image=true fixes this"
 _JPEG_QUALITIES = (90, 80, 70, 60)
 _BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3, so the encoded pieces join into one valid base64 text
@@ -103,12 +101,16 @@ def prepare_image(
     return _from_file(text, text, limits, allowed_dirs, fit)
 
 
+_PREPARING = anyio.CapacityLimiter(4)
+
+
 async def prepare_image_async(
     image: str, limits: ImageLimits, *, allowed_dirs: Sequence[Path], fit: bool = False
 ) -> PreparedImage:
-    """``prepare_image`` in a worker thread: it reads files and decodes images."""
+    """``prepare_image`` in a worker thread (it reads files and decodes images), a few at a time so that
+    a burst of large images cannot exhaust memory."""
     call = functools.partial(prepare_image, image, limits, allowed_dirs=allowed_dirs, fit=fit)
-    return await anyio.to_thread.run_sync(call)
+    return await anyio.to_thread.run_sync(call, limiter=_PREPARING)
 
 
 # --- URLs ----------------------------------------------------------------------------------------------
@@ -127,7 +129,8 @@ def _from_url(url: str, limits: ImageLimits) -> PreparedImage:
     if not parts.hostname:
         raise _invalid(url, "URL has no host")
     if parts.username is not None or parts.password is not None:
-        raise _invalid(url, "URL must not contain credentials (user:password@); DashScope needs a public URL")
+        redacted = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+        raise _invalid(redacted, "URL must not contain credentials (user:password@); use a public URL")
     extension = PurePosixPath(unquote(parts.path)).suffix.lower()
     if extension in NON_IMAGE_EXTENSIONS:
         rule = f"URL points to a {extension} file, which is not an accepted image format"
@@ -164,11 +167,15 @@ def _from_data_uri(text: str, limits: ImageLimits, fit: bool) -> PreparedImage:
 
 def _decode_base64(text: str, start: int, shown: str) -> bytes:
     payload = text[start:]
-    if _WHITESPACE.search(payload):
-        payload = _WHITESPACE.sub("", payload)
     try:
-        data = base64.b64decode(payload, validate=True)
-    except binascii.Error as exc:
+        try:
+            data = binascii.a2b_base64(payload, strict_mode=True)
+        except ValueError:
+            stripped = "".join(payload.split())  # base64 wrapped over lines is fine
+            if stripped == payload:
+                raise
+            data = binascii.a2b_base64(stripped, strict_mode=True)
+    except ValueError as exc:
         raise _invalid(shown, f"data URI has invalid or truncated base64 ({exc})") from None
     if not data:
         raise _invalid(shown, "data URI holds no data")
