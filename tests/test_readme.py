@@ -1,0 +1,159 @@
+"""What the README and the client configuration files promise, run as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+
+from wanx_mcp.cli import parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+CONTRACT_ENV = {"DASHSCOPE_API_KEY", "DASHSCOPE_HTTP_BASE_URL", "WANX_REGION", "WANX_DATA_DIR",
+                "WANX_POLL_INTERVAL", "WANX_WAIT_SECONDS", "WANX_ALLOWED_DIRS", "WANX_DOWNLOAD",
+                "WANX_DOWNLOAD_HOSTS", "WANX_MCP_TOKEN", "WANX_SIMULATE"}  # fmt: skip
+
+
+def script() -> str:
+    found = shutil.which("wanx-mcp", path=str(Path(sys.executable).parent)) or shutil.which("wanx-mcp")
+    assert found, "the wanx-mcp console script is not installed"
+    return found
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
+    return env | {"WANX_DATA_DIR": str(tmp_path / "data"), "WANX_SIMULATOR_SPEED": "100"} | extra
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    inline = re.findall(r"`((?:[A-Z_]+=\S+ )*wanx-mcp [^`]*)`", README)
+    return [line for line in lines + inline if line]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the command exited early"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listened on port {port}")
+
+
+@pytest.fixture
+def port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def test_every_documented_wanx_command_parses() -> None:
+    commands = [c for c in readme_commands() if "wanx-mcp" in c]
+    assert len(commands) >= 8
+    for command in commands:
+        words = shlex.split(command.split("&&")[-1])
+        words = words[[w.startswith("wanx-mcp") for w in words].index(True) + 1:]
+        parser().parse_args(words)  # exits (fails the test) on an unknown option
+
+
+def test_the_quick_start_demo_runs_from_the_console_script(tmp_path: Path) -> None:
+    done = subprocess.run([script(), "demo"], env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip().splitlines()[-1]).is_file()
+
+
+def test_demo_real_without_a_key_says_so(tmp_path: Path) -> None:
+    done = subprocess.run([script(), "demo", "--real"], env=env_for(tmp_path), capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "DASHSCOPE_API_KEY" in done.stderr
+
+
+def test_the_simulator_command_serves_the_api(tmp_path: Path, port: int, started: list) -> None:
+    started.append(subprocess.Popen([script(), "simulator", "--port", str(port), "--speed", "10"],
+                                    env=env_for(tmp_path), stderr=subprocess.DEVNULL))  # fmt: skip
+    wait_for_port(port, started[0])
+    base = f"http://127.0.0.1:{port}/api/v1"
+    reply = httpx.get(f"{base}/tasks/0000aaaa-1111", headers={"Authorization": "Bearer sk-simulator"})
+    assert reply.json()["output"]["task_status"] == "UNKNOWN"
+    assert httpx.get(f"{base}/tasks/0000aaaa-1111").status_code == 401
+
+
+def test_shared_http_deployment_as_documented(tmp_path: Path, port: int, started: list) -> None:
+    env = env_for(tmp_path, WANX_MCP_TOKEN="s3cret", WANX_SIMULATE="1")
+    command = [script(), "serve", "--transport", "http", "--host", "0.0.0.0", "--port", str(port)]
+    started.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
+    wait_for_port(port, started[0])
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer s3cret"}
+    reply = httpx.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
+    assert reply.status_code == 200 and "wanx-mcp" in reply.text
+    anonymous = httpx.post(f"http://127.0.0.1:{port}/mcp", json=body, headers={"Accept": headers["Accept"]})
+    assert anonymous.status_code == 401
+
+
+def client_configs() -> list[tuple[str, dict]]:
+    configs = [
+        ("claude_desktop_config.example.json", "mcpServers"),
+        ("examples/cursor-mcp.json", "mcpServers"),
+        (".vscode/mcp.json", "servers"),
+    ]
+    return [(f"{name}:{key}", entry) for name, group in configs
+            for key, entry in json.loads((ROOT / name).read_text())[group].items()]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "entry"), client_configs(), ids=[n for n, _ in client_configs()])
+def test_client_configs_name_real_commands_and_contract_variables(name: str, entry: dict) -> None:
+    assert set(entry.get("env", {})) <= CONTRACT_ENV | {"WANX_SIMULATOR_SPEED"}, name
+    command, args = entry["command"], entry["args"]
+    if command == "uvx":
+        assert args[0] == "wanx-mcp"
+        args = args[1:]
+    elif command == "python":
+        assert args[:2] == ["-m", "wanx_mcp"]
+        args = args[2:]
+    else:
+        assert command == "wanx-mcp"
+    parser().parse_args(args or ["serve"])
+
+
+@pytest.mark.anyio
+async def test_the_simulator_entry_of_the_configs_starts_an_mcp_server(tmp_path: Path) -> None:
+    params = StdioServerParameters(command=script(), args=["serve", "--simulate"], env=env_for(tmp_path))
+    async with Client(params) as client:
+        result = await client.call_tool("list_models", {})
+    assert len(result.structured_content["models"]) == 7
+
+
+def test_server_json_describes_the_package() -> None:
+    described = json.loads((ROOT / "server.json").read_text())
+    package = described["packages"][0]
+    assert package["identifier"] == "wanx-mcp" and package["transport"] == {"type": "stdio"}
+    assert {v["name"] for v in package["environmentVariables"]} <= CONTRACT_ENV
+    assert f"mcp-name: {described['name']}" in README
