@@ -248,3 +248,20 @@ async def test_restart_finishes_a_task_cut_off_midway(simulator: Any, tmp_path: 
         assert second.watcher.is_following(task.task_id)
         final = await second.wait(task.task_id, 30)
     assert final.status == "SUCCEEDED" and mp4_ok(final.video_path)
+
+
+async def test_task_changes_are_published_to_resource_listeners(client: Client, image: Path) -> None:
+    seen: list[str] = []
+
+    async def collect(subscription: Any) -> None:
+        async for event in subscription:
+            seen.append(str(getattr(event, "uri", "")))
+
+    async with client.listen(resource_subscriptions=["wanx://tasks"]) as subscription, anyio.create_task_group() as tg:
+        tg.start_soon(collect, subscription)
+        result = await client.call_tool("generate_and_wait", {"image": str(image)})
+        await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+    assert result.structured_content["status"] == "SUCCEEDED"
+    # submitted, finished, downloaded: each change of the task is announced
+    assert len(seen) >= 3 and set(seen) == {"wanx://tasks"}

@@ -13,11 +13,14 @@ MAX_SEED = 2_147_483_647
 
 
 def _model_summary() -> str:
-    return "; ".join(
-        f"{m.name} ({'/'.join(m.resolutions)}, {m.durations[0]}-{m.durations[-1]} s)" if m.sends_duration
-        else f"{m.name} ({'/'.join(m.resolutions)}, {m.durations[0]} s)"
-        for m in MODELS
-    )  # fmt: skip
+    """One line per model for the ``model`` argument's description: resolutions, seconds, price per second."""
+
+    def describe(m: ModelSpec) -> str:
+        seconds = f"{m.durations[0]}-{m.durations[-1]} s" if m.sends_duration else f"{m.durations[0]} s"
+        prices = "/".join(f"{p:g}" if p is not None else "?" for p in m.price_cny_per_second.values())
+        return f"{m.name} ({'/'.join(m.resolutions)}, {seconds}, {prices} CNY/s in Beijing)"
+
+    return "; ".join(describe(m) for m in MODELS)
 
 
 class GenerationArgs(BaseModel):

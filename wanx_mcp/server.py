@@ -140,9 +140,7 @@ def build_server(wanx: Wanx) -> MCPServer:
         Every argument is checked against the model's documented limits before anything is sent. The server
         follows the task and downloads the video when done; use get_task(task_id, wait_seconds) to wait.
         """
-        task = await wanx.create(args)
-        await publish(task)
-        return task
+        return await wanx.create(args)
 
     @server.tool(
         title="Generate a video and wait for it",

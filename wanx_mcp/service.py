@@ -152,6 +152,8 @@ class Wanx:
         self.journal.insert(task, journaled)
         self.journal.finish_submission(submission, "created", task_id=task.task_id)
         self.watcher.follow(task)
+        if self.watcher.on_change is not None:
+            await self.watcher.on_change(task)
         return self._present(task)
 
     async def get(self, task_id: str, wait_seconds: float = 0, progress: ProgressListener | None = None) -> Task:
