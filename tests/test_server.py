@@ -265,3 +265,23 @@ async def test_task_changes_are_published_to_resource_listeners(client: Client, 
     assert result.structured_content["status"] == "SUCCEEDED"
     # submitted, finished, downloaded: each change of the task is announced
     assert len(seen) >= 3 and set(seen) == {"wanx://tasks"}
+
+
+async def test_many_waiting_callers_share_one_poll_loop(
+    client: Client, wanx: Wanx, image: Path, simulator: Any
+) -> None:
+    created = await client.call_tool("create_video_task", {"image": str(image), "model": "wan2.2-i2v-plus"})
+    task_id = created.structured_content["task_id"]
+    fresh = await client.call_tool("get_task", {"task_id": task_id})
+    assert fresh.structured_content["status"] == "PENDING"
+    polls = [r for r in simulator.state.stats()["requests"] if r["path"].endswith(task_id)]
+    assert polls == []  # a fresh journal record is answered without asking DashScope
+
+    started = anyio.current_time()
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(client.call_tool, "get_task", {"task_id": task_id, "wait_seconds": 20})
+    elapsed = anyio.current_time() - started
+    polls = [r for r in simulator.state.stats()["requests"] if r["path"].endswith(task_id)]
+    assert len(polls) == wanx.watcher.status_requests
+    assert 1 <= len(polls) <= elapsed + 1  # at most one status request per second, not one per caller
