@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 #: Largest HTTP request body: a 20 MB image as a base64 data URI, plus the JSON around it.
 MAX_REQUEST_BODY = 28 * 1024 * 1024
+#: Seconds a stopping HTTP server waits for open streams (e.g. a client's subscriptions/listen) to end.
+GRACEFUL_SHUTDOWN = 3
 
 
 def is_loopback(host: str) -> bool:
@@ -96,5 +98,7 @@ async def serve_http(settings: Settings, host: str, port: int) -> None:
     async with Wanx.open(settings) as wanx:
         app = http_app(wanx, host, port)
         log.info("wanx-mcp listening on http://%s:%d/mcp", host, port)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
+        )
         await uvicorn.Server(config).serve()
