@@ -196,6 +196,11 @@ def _api_time(moment: datetime) -> datetime:
     return moment if moment.tzinfo is None else moment.astimezone(API_TIMEZONE).replace(tzinfo=None)
 
 
+def _list_time(moment: datetime) -> str:
+    """``moment`` in ``LIST_TIME_FORMAT``, the year always in four digits (glibc's ``%Y`` has no leading zeros)."""
+    return f"{moment.year:04d}{moment:%m%d%H%M%S}"
+
+
 def _create_headers(img_url: str) -> dict[str, str]:
     """Async mode always; ``oss://`` images (SDK-uploaded temporary files) must be resolved by DashScope."""
     headers = {"X-DashScope-Async": "enable"}
@@ -356,9 +361,9 @@ class DashScopeClient:
             raise InvalidInput("page_size", page_size, "must be at least 1")
         params: dict[str, str | int] = {"page_no": page_no, "page_size": page_size}
         if start_time:
-            params["start_time"] = start_time.strftime(LIST_TIME_FORMAT)
+            params["start_time"] = _list_time(start_time)
         if end_time:
-            params["end_time"] = end_time.strftime(LIST_TIME_FORMAT)
+            params["end_time"] = _list_time(end_time)
         for name, value in (("model_name", model_name), ("status", status), ("task_id", task_id)):
             if value:
                 params[name] = str(value)

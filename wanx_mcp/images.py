@@ -186,9 +186,13 @@ def _decode_base64(text: str, start: int, shown: str) -> bytes:
 
 
 def _file_uri_path(uri: str) -> str:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # e.g. an unclosed "[" in the host
+        raise _invalid(uri, f"is not a valid file:// URI ({exc})") from None
     if parts.netloc not in ("", "localhost"):
-        raise _invalid(uri, f"file:// URI names another host ({parts.netloc}); only local files can be read")
+        host = _shorten(parts.netloc, 100)
+        raise _invalid(uri, f"file:// URI names another host ({host}); only local files can be read")
     if parts.query or parts.fragment:
         raise _invalid(uri, "file:// URI must not have a query or fragment (write '?' as %3F and '#' as %23)")
     return unquote(parts.path)

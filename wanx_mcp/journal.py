@@ -106,6 +106,25 @@ class Journal:
         rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [dict(row) for row in rows]
 
+    def ambiguous_submissions(self) -> list[dict[str, Any]]:
+        """Submissions whose create may have made a task that no journaled task is known to be, with requests."""
+        rows = self._db.execute(
+            "SELECT id, sent_at, model, request FROM submissions WHERE outcome = 'ambiguous' ORDER BY id"
+        ).fetchall()
+        return [dict(row) | {"request": json.loads(row["request"])} for row in rows]
+
+    def adopt(self, submission_id: int, task: Task, request: dict[str, Any]) -> bool:
+        """Journal ``task`` as the one an ambiguous submission created (outcome 'recovered'); False if that
+        submission has a task already."""
+        with self._writing() as db:
+            claimed = db.execute(
+                "UPDATE submissions SET outcome = 'recovered', task_id = ? WHERE id = ? AND outcome = 'ambiguous'",
+                (task.task_id, submission_id),
+            ).rowcount
+        if claimed:
+            self.insert(task, request)
+        return bool(claimed)
+
     # tasks
     def insert(self, task: Task, request: dict[str, Any]) -> None:
         with self._writing() as db:

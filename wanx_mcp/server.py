@@ -196,7 +196,7 @@ def build_server(wanx: Wanx) -> MCPServer:
 
     @server.tool(
         title="List recent tasks",
-        annotations=READS_LOCAL,
+        annotations=READS_UPSTREAM,
     )
     @_tool_errors
     async def list_tasks(
@@ -204,9 +204,23 @@ def build_server(wanx: Wanx) -> MCPServer:
             str | None, Field(description="Only tasks in this status: PENDING, RUNNING, SUCCEEDED, FAILED, ...")
         ] = None,
         limit: Annotated[int, Field(description="At most this many tasks, newest first (1-500)")] = 20,
+        start_time: Annotated[
+            str | None,
+            Field(
+                description="ISO 8601 time: list DashScope's own record of the account's tasks created since then "
+                "(24 h at most) instead of this server's journal. Finds the task of an AmbiguousCreate, which "
+                "is then journaled, followed and downloaded like any other."
+            ),
+        ] = None,
+        model_name: Annotated[
+            str | None, Field(description="Only this model's tasks, from DashScope's record (as with start_time)")
+        ] = None,
     ) -> TaskList:
-        """Tasks this server has submitted, newest first, from its journal (survives restarts)."""
-        return TaskList(tasks=wanx.list(status, limit))
+        """Tasks this server has submitted, newest first, from its journal (survives restarts); with start_time
+        or model_name, the account's tasks as DashScope lists them."""
+        if start_time is None and model_name is None:
+            return TaskList(tasks=wanx.list(status, limit))
+        return TaskList(tasks=await wanx.find(start_time, model_name, status, limit))
 
     @server.tool(
         title="List the video models",

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import httpx
 from pydantic import BaseModel, Field
 
-from .catalog import MODELS, ModelSpec, RateLimit
+from .catalog import MODELS, ModelSpec, RateLimit, get_model
 from .config import Settings, load_settings
-from .dashscope import DashScopeClient
+from .dashscope import DashScopeClient, TaskListItem
 from .errors import DashScopeError, InvalidInput
 from .images import prepare_image_async
 from .journal import Journal
-from .request import GenerationArgs, build_request
+from .request import GenerationArgs, VideoRequest, build_request
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
-from .watcher import ChangeListener, Watcher, remaining_seconds
+from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
+
+log = logging.getLogger(__name__)
 
 TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+LIST_WINDOW = timedelta(hours=24)
+#: How far apart the sending of an ambiguous create and the creation of a listed task may be to be matched.
+ADOPT_WITHIN = timedelta(minutes=2)
 STALE_SECONDS = 5.0
 PROGRESS_EVERY = 4.0
 DOWNLOAD_TIMEOUT = 300.0
@@ -69,6 +78,87 @@ class ModelInfo(BaseModel):
         )  # fmt: skip
 
 
+def _new_task(
+    request: VideoRequest,
+    task_id: str,
+    *,
+    image: str | None,
+    created_at: str | None,
+    status: Status = Status.PENDING,
+    request_id: str | None = None,
+    notes: Iterable[str] = (),
+) -> Task:
+    """The journal record of a task just created for ``request``."""
+    return Task(
+        task_id=task_id,
+        status=status,
+        model=request.model,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        template=request.template,
+        resolution=request.resolution,
+        duration=request.duration,
+        image=image,
+        created_at=created_at,
+        updated_at=created_at,
+        request_id=request_id,
+        estimated_cost_cny=request.estimated_cost_cny,
+        notes=[*request.notes, *notes],
+    )
+
+
+def _listed_only(item: TaskListItem) -> Task:
+    """A task of the account that this journal does not know, as DashScope's list describes it."""
+    return Task(
+        task_id=item.task_id,
+        status=item.status,
+        model=item.model_name or "",
+        created_at=iso(_epoch_ms(item.gmt_create)),
+        updated_at=iso(utcnow()),
+        notes=["not created through this server: not journaled or downloaded"],
+    )
+
+
+def _epoch_ms(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names (perhaps a region's spelling) name the same model."""
+    try:
+        return get_model(a).name == get_model(b).name
+    except InvalidInput:
+        return a == b
+
+
+def _check_status(status: Status | str | None) -> Status | None:
+    if status is None:
+        return None
+    try:
+        return Status(str(status).upper())
+    except ValueError:
+        raise InvalidInput("status", status, "unknown status", valid=list(Status)) from None
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 500:
+        raise InvalidInput("limit", limit, "must be between 1 and 500")
+
+
+def _check_time(argument: str, value: datetime | str) -> datetime:
+    """An aware time from a datetime or ISO 8601 text (without a zone: UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(argument, value, "is not an ISO 8601 time such as 2025-07-27T21:05:00Z") from None
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00, which is before year 1 in UTC
+        raise InvalidInput(argument, value.isoformat(), "is out of the representable range") from None
+
+
 def check_task_id(task_id: str) -> str:
     task_id = task_id.strip()
     if not TASK_ID.fullmatch(task_id):
@@ -88,9 +178,16 @@ class Wanx:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings | None = None, *, on_change: ChangeListener | None = None
+        cls,
+        settings: Settings | None = None,
+        *,
+        on_change: ChangeListener | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Wanx]:
-        """Start everything (the simulator too in simulate mode) and stop it all on exit."""
+        """Start everything (the simulator too in simulate mode) and stop it all on exit.
+
+        ``client_options`` go to the :class:`DashScopeClient` constructor (``timeout``, ``backoff``...).
+        """
         settings = settings or load_settings()
         async with AsyncExitStack() as stack:
             if settings.simulate:
@@ -100,7 +197,7 @@ class Wanx:
                 settings = settings.simulated(sim.base_url, sim.speed)
             journal = Journal(settings.journal_path)
             stack.callback(journal.close)
-            client = await stack.enter_async_context(DashScopeClient.from_settings(settings))
+            client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **(client_options or {})))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             watcher = Watcher(client, journal, settings, downloads, on_change=on_change)
             failure: BaseException | None = None
@@ -133,22 +230,10 @@ class Wanx:
             self.journal.finish_submission(submission, outcome, error=str(exc))
             raise
         now = iso(utcnow())
-        task = Task(
-            task_id=response.output.task_id,
-            status=Status(response.output.task_status),
-            model=request.model,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            template=request.template,
-            resolution=request.resolution,
-            duration=request.duration,
-            image=image.description,
-            created_at=now,
-            updated_at=now,
-            request_id=response.request_id,
-            estimated_cost_cny=request.estimated_cost_cny,
-            notes=[*request.notes, *image.changes],
-        )
+        task = _new_task(
+            request, response.output.task_id, image=image.description, created_at=now,
+            status=Status(response.output.task_status), request_id=response.request_id, notes=image.changes,
+        )  # fmt: skip
         self.journal.insert(task, journaled)
         self.journal.finish_submission(submission, "created", task_id=task.task_id)
         self.watcher.follow(task)
@@ -233,14 +318,72 @@ class Wanx:
 
     def list(self, status: Status | str | None = None, limit: int = 20) -> list[Task]:
         """Recent tasks from the journal, newest first."""
-        if status is not None:
-            try:
-                status = Status(str(status).upper())
-            except ValueError:
-                raise InvalidInput("status", status, "unknown status", valid=list(Status)) from None
-        if not 1 <= limit <= 500:
-            raise InvalidInput("limit", limit, "must be between 1 and 500")
+        status = _check_status(status)
+        _check_limit(limit)
         return [self._present(task) for task in self.journal.list(status, limit)]
+
+    async def find(
+        self,
+        start_time: datetime | str | None = None,
+        model_name: str | None = None,
+        status: Status | str | None = None,
+        limit: int = 20,
+    ) -> list[Task]:
+        """The account's tasks as DashScope lists them, created from ``start_time`` (default: 24 h ago) for
+        at most 24 h, newest first: journaled ones as journaled, others as DashScope describes them.
+
+        This is how the task of an ``AmbiguousCreate`` is found: one of ``model_name`` created within
+        ``ADOPT_WITHIN`` of such a submission's sending is journaled as its task, followed and downloaded.
+        """
+        status = _check_status(status)
+        _check_limit(limit)
+        end = utcnow() + timedelta(seconds=1)  # DashScope's times are whole seconds: include this one
+        start = _check_time("start_time", start_time) if start_time is not None else end - LIST_WINDOW
+        if start >= end:
+            raise InvalidInput("start_time", iso(start), "is in the future")
+        upstream_model = model_name
+        if model_name and not MODEL_NAME.fullmatch(model_name):  # it goes into the URL's query
+            raise InvalidInput("model_name", model_name, "is not a model name", valid=[m.name for m in MODELS])
+        if model_name:
+            with contextlib.suppress(InvalidInput):  # not in the catalog: ask DashScope all the same
+                upstream_model = get_model(model_name).name_in(self.client.region)
+        page = await self.client.list_tasks(
+            start_time=start, end_time=min(start + LIST_WINDOW, end), model_name=upstream_model, status=status,
+            page_size=limit,
+        )  # fmt: skip
+        unclaimed = self.journal.ambiguous_submissions()
+        tasks = []
+        for item in page.data:
+            task = self.journal.get(item.task_id) or await self._adopt(item, unclaimed) or _listed_only(item)
+            tasks.append(self._present(task))
+        return tasks
+
+    async def _adopt(self, item: TaskListItem, unclaimed: list[dict[str, Any]]) -> Task | None:
+        """Journal and follow ``item`` as the task of the nearest ambiguous submission it can be, if any."""
+        created = _epoch_ms(item.gmt_create)
+        if created is None or not item.model_name:
+            return None
+        matches = [
+            (abs(sent - created), submission)
+            for submission in unclaimed
+            if (sent := parse_iso(submission["sent_at"])) and abs(sent - created) <= ADOPT_WITHIN
+            and _same_model(submission["model"], item.model_name)
+        ]  # fmt: skip
+        if not matches:
+            return None
+        submission = min(matches, key=lambda match: match[0])[1]
+        request = VideoRequest.model_validate(submission["request"])
+        note = "found in DashScope's task list after the answer to its submission was lost"
+        task = _new_task(request, item.task_id, image=request.image, created_at=iso(created), notes=[note])
+        task, _ = apply_response(task, await self.client.get_task(item.task_id))
+        if not self.journal.adopt(submission["id"], task, submission["request"]):
+            return self.journal.get(item.task_id)
+        unclaimed.remove(submission)
+        log.warning("task %s is the one submission %d created; following it", item.task_id, submission["id"])
+        self.watcher.follow(task)
+        if self.watcher.on_change is not None:
+            await self.watcher.on_change(task)
+        return task
 
     @staticmethod
     def models() -> list[ModelInfo]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -25,8 +26,9 @@ from .tasks import Status, Task, iso, parse_iso, utcnow
 log = logging.getLogger(__name__)
 
 URL_LIFETIME = timedelta(hours=24)
-DOWNLOAD_ATTEMPTS = 6
+DOWNLOAD_ATTEMPTS = 6  # failed downloads before the task's notes say so (retrying goes on)
 DOWNLOAD_BACKOFF = 2.0
+DOWNLOAD_MAX_BACKOFF = 60.0
 DOWNLOAD_TIMEOUT = 600.0
 DASHSCOPE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -38,6 +40,12 @@ def _upstream_time(text: str | None) -> datetime | None:
         return datetime.strptime(text, DASHSCOPE_TIME_FORMAT) if text else None
     except ValueError:
         return None
+
+
+def _queued_seconds(response: TaskResponse) -> float | None:
+    """How long DashScope kept the task PENDING (scheduled_time minus submit_time), if it says."""
+    submitted, scheduled = _upstream_time(response.output.submit_time), _upstream_time(response.output.scheduled_time)
+    return max((scheduled - submitted).total_seconds(), 0.0) if submitted and scheduled else None
 
 
 def _url_expiry(url: str, fallback: datetime) -> str | None:
@@ -200,12 +208,16 @@ class Watcher:
             failures = 0
             updated, seconds = apply_response(task, response)
             if updated.status is Status.RUNNING and task.status is Status.PENDING:
-                self._started[task_id] = time.monotonic()
+                # it started when DashScope says it left the queue, not when we first saw it RUNNING (a poll late)
+                queued, now = _queued_seconds(response), time.monotonic()
+                self._started[task_id] = now if queued is None else min(self._started[task_id] + queued, now)
             await self._changed_to(updated, seconds)
 
     async def _download(self, task: Task) -> None:
+        """Save the video. A failure that may pass (network, server, full disk) is retried until the link
+        expires, backing off to DOWNLOAD_MAX_BACKOFF; after DOWNLOAD_ATTEMPTS of them the task's notes say so."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        for attempt in itertools.count(1):
             expires = parse_iso(task.video_url_expires_at)
             if not task.video_url or (expires and expires <= utcnow()):
                 await self._changed_to(task.model_copy(update={"notes": [*task.notes, "video link expired"]}))
@@ -217,14 +229,16 @@ class Watcher:
                 )
             except DownloadError as exc:
                 self._journal.note_download_failure(task.task_id, str(exc))
-                if not exc.retryable or attempt == DOWNLOAD_ATTEMPTS:
-                    note = f"download failed: {exc}"
-                    await self._changed_to(task.model_copy(update={"notes": [*task.notes, note]}))
+                if not exc.retryable:
+                    await self._changed_to(task.model_copy(update={"notes": [*task.notes, f"download failed: {exc}"]}))
                     return
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    note = f"download failed: {exc}; retrying until the link expires"
+                    await self._changed_to(task.model_copy(update={"notes": [*task.notes, note]}))
                 log.warning("download of %s failed (attempt %d): %s", task.task_id, attempt, exc)
-                await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** (attempt - 1), 60))
+                await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** min(attempt - 1, 20), DOWNLOAD_MAX_BACKOFF))
                 continue
-            await self._changed_to(task.model_copy(update={"video_path": str(Path(dest))}))
+            await self._changed_to(task.model_copy(update={"video_path": str(Path(dest))}))  # notes as before
             return
 
 

@@ -107,7 +107,7 @@ def create_app(state: SimulatorState) -> Starlette:
 
     def video_url(request: Request, task: SimTask) -> str:
         expires = int(state.clock.wall(state.video_expires_at(task)))
-        root = str(request.base_url).rstrip("/")
+        root = (state.config.video_base_url or str(request.base_url)).rstrip("/")
         return f"{root}/results/{task.task_id}.mp4?Expires={expires}&Signature=sim"
 
     async def create_task(request: Request) -> Response:

@@ -31,6 +31,8 @@ class SimulatorConfig:
     - ``schedule_delay``: time between submission and the earliest start.
     - ``hold_pending``: start with the queue held (no task leaves PENDING; see SimulatorState.hold_pending).
     - ``utc_offset_hours``/``region``: how timestamps and task lists present the simulated region.
+    - ``video_base_url``: where result-video links point instead of the simulator itself, e.g.
+      ``"https://evil.example.com"``, to test that downloads refuse hosts that are not allowed.
     """
 
     speed: float = 1.0
@@ -43,6 +45,7 @@ class SimulatorConfig:
     hold_pending: bool = False
     utc_offset_hours: float = 8.0
     region: str = "cn-beijing"
+    video_base_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.speed <= 0:

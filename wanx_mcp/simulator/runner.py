@@ -87,15 +87,26 @@ def _url_host(sock: socket.socket) -> str:
 
 @contextmanager
 def running_simulator(
-    config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", log_level: str = "warning"
+    config: SimulatorConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    state: SimulatorState | None = None,
+    log_level: str = "warning",
 ) -> Iterator[RunningSimulator]:
-    """Serve a fresh simulator on ``host`` at a free port in a background thread until the block ends.
+    """Serve a simulator on ``host`` in a background thread until the block ends.
 
-    Installs no logging handlers: uvicorn's records (warnings and up by default) reach stderr through
-    Python's last-resort handler, or through whatever handlers the host application installed.
+    ``port`` 0 picks a free one. Pass the ``state`` (and ``port``) of a simulator that has stopped to bring
+    it back with its tasks, as DashScope comes back after an outage; otherwise a fresh state is made from
+    ``config``. Installs no logging handlers: uvicorn's records (warnings and up by default) reach stderr
+    through Python's last-resort handler, or through whatever handlers the host application installed.
     """
-    state = SimulatorState(config)
-    sock = _bind(host, 0)
+    if state is None:
+        state = SimulatorState(config)
+    elif config is not None:
+        raise ValueError("pass either a config or the state of a stopped simulator, not both")
+    state.stopping.clear()
+    sock = _bind(host, port)
     server = _server(state, log_level=log_level, own_logging=False)
     thread = threading.Thread(target=server.run, args=([sock],), name="wanx-simulator", daemon=True)
     thread.start()

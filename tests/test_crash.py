@@ -1,0 +1,150 @@
+"""Crash recovery: SIGKILL the MCP server mid-flight, start it again, and nothing paid for is lost.
+
+The simulator runs in this process (so the test can read its ground truth and inject faults); the server
+is a separate ``wanx-mcp serve --transport http`` process pointed at it, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+
+from wanx_mcp.catalog import WAN_25_26
+from wanx_mcp.journal import Journal
+from wanx_mcp.simulator import FamilyLimits, RunningSimulator
+from wanx_mcp.simulator.app import sample_video
+
+pytestmark = pytest.mark.anyio
+
+MakeSimulator = Callable[..., RunningSimulator]
+#: Simulated seconds per real second: a wan2.2-i2v-flash video (60 s) takes 1.2 s.
+SPEED = 50.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server_process(
+    sim: RunningSimulator, data_dir: Path, allowed: Path, port: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``wanx-mcp serve --transport http`` against ``sim``, up and listening on ``port``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
+    env |= {
+        "DASHSCOPE_HTTP_BASE_URL": sim.base_url, "DASHSCOPE_API_KEY": sim.api_key, "WANX_DOWNLOAD_HOSTS": "127.0.0.1",
+        "WANX_DATA_DIR": str(data_dir), "WANX_ALLOWED_DIRS": str(allowed), "WANX_POLL_INTERVAL": "0.5",
+        "WANX_LOG_LEVEL": "WARNING",
+    }  # fmt: skip
+    command = [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(10)
+        if process.stderr:
+            process.stderr.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+@asynccontextmanager
+async def session(url: str) -> AsyncIterator[Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]]:
+    """An MCP session over HTTP; yields ``call(tool, arguments)``, which returns the structured result."""
+    http = httpx2.AsyncClient(timeout=60)
+    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+
+        async def call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+            result = await client.call_tool(tool, arguments)
+            assert not result.is_error, result.content
+            return dict(result.structured_content or {})
+
+        yield call
+
+
+def upstream(sim: RunningSimulator) -> dict[str, str]:
+    return {task_id: record["status"] for task_id, record in sim.state.stats()["tasks"].items()}
+
+
+async def test_sigkill_mid_flight_then_restart_loses_nothing(make_simulator: MakeSimulator, tmp_path: Path) -> None:
+    # two running slots upstream for the wan2.5/2.6 family: its third and fourth tasks wait PENDING
+    sim = make_simulator(speed=SPEED, limits={WAN_25_26.family: FamilyLimits(running_tasks=2)})
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(image)
+    data_dir, port = tmp_path / "data", free_port()
+    videos = data_dir / "videos"
+    url = f"http://127.0.0.1:{port}/mcp"
+    sim.state.faults.add("download", "delay", seconds=60)  # the first download hangs until the crash
+
+    with server_process(sim, data_dir, tmp_path, port) as first:
+        async with session(url) as call:
+            downloading = (await call("create_video_task", {"image": str(image), "resolution": "480P"}))["task_id"]
+            wait_until(lambda: any(videos.glob(".*.part")), "the first video is being downloaded")
+            running = {"image": str(image), "model": "wan2.6-i2v-flash", "duration": 8}  # 192 s: 3.8 s
+            queued = running | {"duration": 2}  # 48 s: 1 s, once a running one is done
+            others = [(await call("create_video_task", args))["task_id"] for args in (running, running, queued, queued)]
+            at_kill = upstream(sim)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+
+    # what the crash interrupted: a download, two generations, two tasks still queued
+    assert at_kill[downloading] == "SUCCEEDED" and sim.state.stats()["downloads"] == 1
+    assert [at_kill[task_id] for task_id in others] == ["RUNNING", "RUNNING", "PENDING", "PENDING"]
+    assert any(videos.glob(".*.part")) and not any(videos.glob("*.mp4"))
+    created = [downloading, *others]
+
+    with server_process(sim, data_dir, tmp_path, port):
+        async with session(url) as call:
+            finals = [await call("get_task", {"task_id": task_id, "wait_seconds": 30}) for task_id in created]
+            listed = await call("list_tasks", {"limit": 50})
+
+    assert [task["status"] for task in finals] == ["SUCCEEDED"] * 5
+    assert sorted(task["task_id"] for task in listed["tasks"]) == sorted(created)
+    stats = sim.state.stats()
+    assert stats["creates_received"] == stats["tasks_created"] == 5  # nothing re-submitted, nothing paid twice
+    assert all(status == "SUCCEEDED" for status in upstream(sim).values())
+
+    journal = Journal(data_dir / "journal.sqlite3")
+    try:
+        assert journal.unfinished() == []  # the journal owes nothing: every task final and downloaded
+        for task_id in created:
+            task = journal.get(task_id)
+            assert task is not None and task.status == "SUCCEEDED" and task.video_path
+            video = Path(task.video_path).read_bytes()
+            assert len(video) == len(sample_video()) and video[4:8] == b"ftyp" and video == sample_video()
+            assert [status for _, status in journal.events(task_id)][-1] == "SUCCEEDED"
+    finally:
+        journal.close()
+    assert sorted(p.name for p in videos.iterdir()) == sorted(f"{task_id}.mp4" for task_id in created)  # no .part
