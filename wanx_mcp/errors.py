@@ -37,6 +37,10 @@ HINTS: dict[str, str] = {
 }
 
 
+#: How much of a rejected text value an error message repeats (whole paths, not whole prompts or data URIs).
+SHOWN_CHARS = 300
+
+
 class WanxError(Exception):
     """Base of every error this package raises on purpose; ``code`` leads its message."""
 
@@ -57,7 +61,9 @@ class InvalidInput(WanxError):
         self.value = value
         self.rule = rule
         self.valid = [str(v) for v in valid] if valid is not None else None
-        shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:77] + "...")
+        shown = repr(value) if not isinstance(value, str) or len(value) <= SHOWN_CHARS else repr(
+            value[: SHOWN_CHARS - 3] + "..."
+        )
         message = f"InvalidInput: {argument}={shown}: {rule}"
         if self.valid:
             message += f" (valid: {', '.join(self.valid)})"
