@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from wanx_mcp.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 FAST: dict[str, Any] = {"speed": 200.0, "jitter": False}
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A plain 640x480 PNG first frame in ``tmp_path`` (the allowed folder in the tests' settings)."""
+    path = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(path)
+    return path
 
 
 @pytest.fixture

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from support import WANX, isolated_env
 
 from wanx_mcp.journal import Journal
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    return env | {"WANX_DATA_DIR": str(tmp_path / "data"), "WANX_ALLOWED_DIRS": str(tmp_path),
-                  "WANX_POLL_INTERVAL": "1", "WANX_SIMULATOR_SPEED": "100"} | extra  # fmt: skip
+    return isolated_env(tmp_path, **{"WANX_SIMULATOR_SPEED": "100", **extra})
 
 
 def wanx(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wanx_mcp", *args], env=env_for(tmp_path, **extra),
+    return subprocess.run([*WANX, *args], env=env_for(tmp_path, **extra),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
@@ -94,7 +91,7 @@ def test_no_key_exits_1_and_says_how_to_get_one(tmp_path: Path, image: Path) -> 
 def test_ctrl_c_leaves_the_task_journaled_and_show_picks_it_up(tmp_path: Path, image: Path) -> None:
     env = env_for(tmp_path, WANX_SIMULATOR_SPEED="5")  # wan2.2-i2v-plus then takes ~40 s
     process = subprocess.Popen(
-        [sys.executable, "-m", "wanx_mcp", "generate", str(image), "--model", "wan2.2-i2v-plus", "--simulate"],
+        [*WANX, "generate", str(image), "--model", "wan2.2-i2v-plus", "--simulate"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     journal_path = tmp_path / "data" / "journal.sqlite3"

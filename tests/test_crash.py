@@ -6,11 +6,8 @@ is a separate ``wanx-mcp serve --transport http`` process pointed at it, as a us
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,6 +16,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import support
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
@@ -35,42 +33,16 @@ MakeSimulator = Callable[..., RunningSimulator]
 SPEED = 50.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def server_process(
     sim: RunningSimulator, data_dir: Path, allowed: Path, port: int
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``wanx-mcp serve --transport http`` against ``sim``, up and listening on ``port``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    env |= {
-        "DASHSCOPE_HTTP_BASE_URL": sim.base_url, "DASHSCOPE_API_KEY": sim.api_key, "WANX_DOWNLOAD_HOSTS": "127.0.0.1",
-        "WANX_DATA_DIR": str(data_dir), "WANX_ALLOWED_DIRS": str(allowed), "WANX_POLL_INTERVAL": "0.5",
-        "WANX_LOG_LEVEL": "WARNING",
-    }  # fmt: skip
-    command = [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
+    env = support.isolated_env(allowed, **support.simulator_env(sim), WANX_DATA_DIR=str(data_dir),
+                               WANX_POLL_INTERVAL="0.5")  # fmt: skip
+    command = [*support.WANX, "serve", "--transport", "http", "--port", str(port)]
+    with support.listening(command, env, port, allowed / "server.log") as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(10)
-        if process.stderr:
-            process.stderr.close()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -103,7 +75,7 @@ async def test_sigkill_mid_flight_then_restart_loses_nothing(make_simulator: Mak
     sim = make_simulator(speed=SPEED, limits={WAN_25_26.family: FamilyLimits(running_tasks=2)})
     image = tmp_path / "frame.png"
     Image.new("RGB", (640, 480), "#3366aa").save(image)
-    data_dir, port = tmp_path / "data", free_port()
+    data_dir, port = tmp_path / "data", support.free_port()
     videos = data_dir / "videos"
     url = f"http://127.0.0.1:{port}/mcp"
     sim.state.faults.add("download", "delay", seconds=60)  # the first download hangs until the crash

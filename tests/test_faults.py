@@ -15,15 +15,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import support
 from mcp import Client
-from PIL import Image
 
 from wanx_mcp import watcher
 from wanx_mcp.config import Settings
@@ -43,8 +42,7 @@ QUICK_CLIENT: dict[str, Any] = {"timeout": 0.5, "backoff": 0.02, "max_backoff": 
 
 
 def settings_for(sim: RunningSimulator, tmp_path: Path, **changes: Any) -> Settings:
-    base = Settings(data_dir=tmp_path / "data", allowed_dirs=(tmp_path,), poll_interval=0.3, wait_seconds=20.0)
-    return replace(base.simulated(sim.base_url, sim.speed), **changes)
+    return support.settings_for(sim, tmp_path, poll_interval=0.3, **changes)
 
 
 @asynccontextmanager
@@ -55,13 +53,6 @@ async def serving(settings: Settings, **client_options: Any) -> AsyncIterator[tu
         Client(build_server(wanx)) as client,
     ):
         yield wanx, client
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    path = tmp_path / "frame.png"
-    Image.new("RGB", (640, 480), "#3366aa").save(path)
-    return path
 
 
 @pytest.fixture

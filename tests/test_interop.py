@@ -12,9 +12,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,12 +21,13 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from support import WANX, free_port, isolated_env, listening
 
 INTEROP = Path(__file__).parent / "interop"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 TOOLS = {"create_video_task", "get_task", "generate_and_wait", "cancel_task", "list_tasks", "list_models"}
 TOKEN = "interop-token-not-a-secret"
-SERVER = [sys.executable, "-m", "wanx_mcp", "serve", "--simulate"]
+SERVER = [*WANX, "serve", "--simulate"]
 FAST = {"WANX_POLL_INTERVAL": "1", "WANX_SIMULATOR_SPEED": "200", "WANX_LOG_LEVEL": "WARNING"}
 
 pytestmark = [
@@ -38,14 +37,7 @@ pytestmark = [
 
 
 def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    return env | {"WANX_DATA_DIR": str(tmp_path / "data"), "WANX_ALLOWED_DIRS": str(tmp_path)} | FAST | extra
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return isolated_env(tmp_path, **FAST | extra)
 
 
 def stop(process: subprocess.Popen[bytes], grace: float = 10) -> bool:
@@ -85,21 +77,8 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
     port = free_port()
     command = [*SERVER, "--transport", "http", "--host", "127.0.0.1", "--port", str(port)]
     env = server_env(tmp_path, WANX_MCP_TOKEN=TOKEN)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                assert time.monotonic() < deadline, "the HTTP server did not start listening in 30 s"
-                time.sleep(0.1)
+    with listening(command, env, port, tmp_path / "server.log") as process:
         yield f"http://127.0.0.1:{port}/mcp", process
-    finally:
-        if process.poll() is None:
-            stop(process)
 
 
 class Mcpdo:

@@ -7,11 +7,8 @@ The server's peak RSS (VmHWM) is printed and recorded as a test property.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -26,6 +23,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 from PIL import Image
+from support import WANX, free_port, isolated_env, listening, simulator_env
 
 from wanx_mcp.catalog import get_model, rate_limits
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
@@ -36,7 +34,6 @@ MIXED_CALLS = 200
 BURST = 50
 SESSIONS = 20
 CALL_TIMEOUT = 240.0
-STARTUP_TIMEOUT = 30.0
 #: Simulated generation is this many times faster than DashScope: a 60 s flash video takes 0.1 s.
 SPEED = 600.0
 #: For the burst: a flash video takes 1.5 s, longer than the 1.1 s in which two more may be submitted, so
@@ -46,12 +43,6 @@ RSS_CAP_MB = 500
 BURST_MODEL = "wan2.2-i2v-flash"
 #: Log lines that must never appear in the server's stderr.
 FORBIDDEN = ("database is locked", "Traceback", "unexpected exception", "Throttling", "JournalError")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -96,37 +87,11 @@ def serving(tmp_path: Path, simulator: RunningSimulator) -> Iterator[Served]:
 
     simulator.state.log_request = spy  # type: ignore[method-assign]
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))} | {
-        "DASHSCOPE_HTTP_BASE_URL": simulator.base_url,
-        "DASHSCOPE_API_KEY": simulator.api_key,
-        "WANX_DOWNLOAD_HOSTS": "127.0.0.1",
-        "WANX_DATA_DIR": str(tmp_path / "data"),
-        "WANX_ALLOWED_DIRS": str(tmp_path),
-        "WANX_POLL_INTERVAL": "1",
-        "WANX_LOG_LEVEL": "INFO",
-    }
-    command = [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--port", str(port)]
+    env = isolated_env(tmp_path, **simulator_env(simulator), WANX_LOG_LEVEL="INFO")
+    command = [*WANX, "serve", "--transport", "http", "--port", str(port)]
     stderr = tmp_path / "server.log"
-    with stderr.open("wb") as sink:  # a file, not a pipe: a full pipe would stall the server
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=sink)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, stderr.read_text()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
+    with listening(command, env, port, stderr) as process:
         yield Served(f"http://127.0.0.1:{port}/mcp", process, stderr, simulator, requests)
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def unbounded_simulator(make_simulator: Callable[..., RunningSimulator], speed: float) -> RunningSimulator:

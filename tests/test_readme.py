@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from mcp import Client, StdioServerParameters
+from support import free_port, isolated_env, listening
 
 from wanx_mcp.cli import parser
 
@@ -34,8 +31,7 @@ def script() -> str:
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    return env | {"WANX_DATA_DIR": str(tmp_path / "data"), "WANX_SIMULATOR_SPEED": "100"} | extra
+    return isolated_env(tmp_path, **{"WANX_SIMULATOR_SPEED": "100", **extra})
 
 
 def readme_commands() -> list[str]:
@@ -43,34 +39,6 @@ def readme_commands() -> list[str]:
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
     inline = re.findall(r"`((?:[A-Z_]+=\S+ )*wanx-mcp [^`]*)`", README)
     return [line for line in lines + inline if line]
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the command exited early"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listened on port {port}")
-
-
-@pytest.fixture
-def port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        process.terminate()
-        process.wait(10)
 
 
 def test_every_documented_wanx_command_parses() -> None:
@@ -94,27 +62,28 @@ def test_demo_real_without_a_key_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2 and "DASHSCOPE_API_KEY" in done.stderr
 
 
-def test_the_simulator_command_serves_the_api(tmp_path: Path, port: int, started: list) -> None:
-    started.append(subprocess.Popen([script(), "simulator", "--port", str(port), "--speed", "10"],
-                                    env=env_for(tmp_path), stderr=subprocess.DEVNULL))  # fmt: skip
-    wait_for_port(port, started[0])
+def test_the_simulator_command_serves_the_api(tmp_path: Path) -> None:
+    port = free_port()
+    command = [script(), "simulator", "--port", str(port), "--speed", "10"]
     base = f"http://127.0.0.1:{port}/api/v1"
-    reply = httpx.get(f"{base}/tasks/0000aaaa-1111", headers={"Authorization": "Bearer sk-simulator"})
-    assert reply.json()["output"]["task_status"] == "UNKNOWN"
-    assert httpx.get(f"{base}/tasks/0000aaaa-1111").status_code == 401
+    with listening(command, env_for(tmp_path), port, tmp_path / "simulator.log"):
+        known = httpx.get(f"{base}/tasks/0000aaaa-1111", headers={"Authorization": "Bearer sk-simulator"})
+        anonymous = httpx.get(f"{base}/tasks/0000aaaa-1111")
+    assert known.json()["output"]["task_status"] == "UNKNOWN"
+    assert anonymous.status_code == 401
 
 
-def test_shared_http_deployment_as_documented(tmp_path: Path, port: int, started: list) -> None:
+def test_shared_http_deployment_as_documented(tmp_path: Path) -> None:
+    port = free_port()
     env = env_for(tmp_path, WANX_MCP_TOKEN="s3cret", WANX_SIMULATE="1")
     command = [script(), "serve", "--transport", "http", "--host", "0.0.0.0", "--port", str(port)]
-    started.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
-    wait_for_port(port, started[0])
     body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
     headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer s3cret"}
-    reply = httpx.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
+    with listening(command, env, port, tmp_path / "server.log"):
+        reply = httpx.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
+        anonymous = httpx.post(f"http://127.0.0.1:{port}/mcp", json=body, headers={"Accept": headers["Accept"]})
     assert reply.status_code == 200 and "wanx-mcp" in reply.text
-    anonymous = httpx.post(f"http://127.0.0.1:{port}/mcp", json=body, headers={"Accept": headers["Accept"]})
     assert anonymous.status_code == 401
 
 

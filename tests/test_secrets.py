@@ -6,13 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
@@ -23,6 +18,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+import support
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
@@ -47,15 +43,7 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 
 def settings_for(sim: RunningSimulator, tmp_path: Path, **changes: Any) -> Settings:
-    base = Settings(data_dir=tmp_path / "data", allowed_dirs=(tmp_path,), poll_interval=0.3, wait_seconds=20.0)
-    return replace(base.simulated(sim.base_url, sim.speed), **changes)
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    path = tmp_path / "frame.png"
-    Image.new("RGB", (640, 480), "#3366aa").save(path)
-    return path
+    return support.settings_for(sim, tmp_path, poll_interval=0.3, **changes)
 
 
 def text_of(result: Any) -> str:
@@ -72,12 +60,6 @@ def journal_dump(path: Path) -> list[str]:
     with sqlite3.connect(path) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return [repr(row) for table in tables for row in db.execute(f"SELECT * FROM {table}")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Recorder:
@@ -151,41 +133,16 @@ async def test_key_and_token_never_reach_results_resources_logs_or_the_journal(
     assert leaks(agent.seen) == [] and leaks(logged) == [] and leaks(rows) == []
 
 
-@contextmanager
-def server_process(env: dict[str, str], port: int, stderr: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``wanx-mcp serve --transport http`` on ``port``, its stderr written to a file (no pipe to fill)."""
-    command = [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--port", str(port)]
-    with stderr.open("wb") as err:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, stderr.read_text()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
-        yield process
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 async def test_server_process_keeps_secrets_and_turns_away_bad_http_requests(
     make_simulator: MakeSimulator, tmp_path: Path, image: Path
 ) -> None:
     sim = make_simulator(api_keys={API_KEY})
-    port, stderr = free_port(), tmp_path / "stderr.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    env |= {
-        "DASHSCOPE_HTTP_BASE_URL": sim.base_url, "DASHSCOPE_API_KEY": API_KEY, "WANX_MCP_TOKEN": TOKEN,
-        "WANX_DOWNLOAD_HOSTS": "127.0.0.1", "WANX_DATA_DIR": str(tmp_path / "data"),
-        "WANX_ALLOWED_DIRS": str(tmp_path), "WANX_POLL_INTERVAL": "0.3", "WANX_LOG_LEVEL": "DEBUG",
-    }  # fmt: skip
+    port, stderr = support.free_port(), tmp_path / "stderr.log"
+    env = support.isolated_env(tmp_path, **support.simulator_env(sim) | {"DASHSCOPE_API_KEY": API_KEY},
+                               WANX_MCP_TOKEN=TOKEN, WANX_POLL_INTERVAL="0.3", WANX_LOG_LEVEL="DEBUG")  # fmt: skip
     url = f"http://127.0.0.1:{port}/mcp"
-    with server_process(env, port, stderr) as process:
+    command = [*support.WANX, "serve", "--transport", "http", "--port", str(port)]
+    with support.listening(command, env, port, stderr) as process:
         async with httpx.AsyncClient(timeout=30) as http:
             good = MCP_HEADERS | {"Authorization": f"Bearer {TOKEN}"}
             missing = await http.post(url, json=PING, headers=MCP_HEADERS)

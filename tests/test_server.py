@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -11,27 +10,14 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from PIL import Image
+from support import settings_for
 
-from wanx_mcp.config import Settings
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
 
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"create_video_task", "get_task", "generate_and_wait", "cancel_task", "list_tasks", "list_models"}
-
-
-def settings_for(simulator: Any, tmp_path: Path, **changes: Any) -> Settings:
-    base = Settings(data_dir=tmp_path / "data", allowed_dirs=(tmp_path,), poll_interval=1.0, wait_seconds=20.0)
-    return replace(base.simulated(simulator.base_url, simulator.speed), **changes)
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    path = tmp_path / "frame.png"
-    Image.new("RGB", (640, 480), "#3366aa").save(path)
-    return path
 
 
 @pytest.fixture

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,16 +13,11 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
+from support import WANX, free_port, isolated_env, listening, simulator_env
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "test-token-not-a-secret"
-
-
-def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    return env | {"WANX_DATA_DIR": str(tmp_path / "data"), "WANX_ALLOWED_DIRS": str(tmp_path),
-                  "WANX_POLL_INTERVAL": "1", "WANX_LOG_LEVEL": "WARNING"} | extra  # fmt: skip
 
 
 @pytest.fixture
@@ -36,16 +27,9 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_stdio_subprocess_generates_a_video(simulator: Any, tmp_path: Path, image: Path) -> None:
-    env = server_env(tmp_path, DASHSCOPE_HTTP_BASE_URL=simulator.base_url, DASHSCOPE_API_KEY=simulator.api_key,
-                     WANX_DOWNLOAD_HOSTS="127.0.0.1")  # fmt: skip
-    params = StdioServerParameters(command=sys.executable, args=["-m", "wanx_mcp"], env=env)
+    env = isolated_env(tmp_path, **simulator_env(simulator))
+    params = StdioServerParameters(command=WANX[0], args=WANX[1:], env=env)
     async with Client(params) as client:
         assert len((await client.list_tools()).tools) == 6
         result = await client.call_tool("generate_and_wait", {"image": str(image), "prompt": "leaves fall"})
@@ -60,22 +44,10 @@ async def test_stdio_subprocess_generates_a_video(simulator: Any, tmp_path: Path
 def http_server(tmp_path: Path) -> Iterator[str]:
     """``wanx-mcp serve --transport http --simulate`` as a subprocess; yields its /mcp URL."""
     port = free_port()
-    env = server_env(tmp_path, WANX_MCP_TOKEN=TOKEN, WANX_SIMULATOR_SPEED="200")
-    command = [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--port", str(port), "--simulate"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                time.sleep(0.1)
+    env = isolated_env(tmp_path, WANX_MCP_TOKEN=TOKEN, WANX_SIMULATOR_SPEED="200")
+    command = [*WANX, "serve", "--transport", "http", "--port", str(port), "--simulate"]
+    with listening(command, env, port, tmp_path / "server.log"):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 async def test_http_requires_the_token_and_checks_the_host(http_server: str) -> None:
@@ -104,8 +76,8 @@ async def test_http_client_with_token_generates_a_video(http_server: str, image:
 
 def test_http_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--host", "0.0.0.0", "--simulate"],
-        env=server_env(tmp_path), capture_output=True, text=True, timeout=60,
+        [*WANX, "serve", "--transport", "http", "--host", "0.0.0.0", "--simulate"],
+        env=isolated_env(tmp_path), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2
     assert "needs WANX_MCP_TOKEN" in done.stderr
@@ -113,8 +85,8 @@ def test_http_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
 
 def test_demo_prints_the_saved_video(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "wanx_mcp", "demo"],
-        env=server_env(tmp_path, WANX_SIMULATOR_SPEED="100"), capture_output=True, text=True, timeout=120,
+        [*WANX, "demo"],
+        env=isolated_env(tmp_path, WANX_SIMULATOR_SPEED="100"), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     saved = Path(done.stdout.strip().splitlines()[-1])

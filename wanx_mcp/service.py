@@ -32,6 +32,7 @@ LIST_WINDOW = timedelta(hours=24)
 #: How far apart the sending of an ambiguous create and the creation of a listed task may be to be matched.
 ADOPT_WITHIN = timedelta(minutes=2)
 STALE_SECONDS = 5.0
+NOT_OURS = "not created through this server: not journaled or downloaded"
 PROGRESS_EVERY = 4.0
 DOWNLOAD_TIMEOUT = 300.0
 
@@ -90,14 +91,9 @@ def _new_task(
 ) -> Task:
     """The journal record of a task just created for ``request``."""
     return Task(
+        **request.model_dump(include={"model", "prompt", "negative_prompt", "template", "resolution", "duration"}),
         task_id=task_id,
         status=status,
-        model=request.model,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        template=request.template,
-        resolution=request.resolution,
-        duration=request.duration,
         image=image,
         created_at=created_at,
         updated_at=created_at,
@@ -115,7 +111,7 @@ def _listed_only(item: TaskListItem) -> Task:
         model=item.model_name or "",
         created_at=iso(_epoch_ms(item.gmt_create)),
         updated_at=iso(utcnow()),
-        notes=["not created through this server: not journaled or downloaded"],
+        notes=[NOT_OURS],
     )
 
 
@@ -262,22 +258,8 @@ class Wanx:
     async def _upstream_only(self, task_id: str) -> Task:
         """A task this journal never saw: DashScope's answer, not journaled."""
         response = await self.client.get_task(task_id)
-        out = response.output
-        task = Task(
-            task_id=task_id,
-            status=Status(out.task_status),
-            model="",
-            video_url=out.video_url,
-            orig_prompt=out.orig_prompt,
-            actual_prompt=out.actual_prompt,
-            usage=response.usage,
-            error_code=out.code,
-            error_message=out.message,
-            request_id=response.request_id,
-            updated_at=iso(utcnow()),
-            notes=["not created through this server: not journaled or downloaded"],
-        )
-        return self._present(task)
+        unseen = Task(task_id=task_id, status=Status.PENDING, model="", notes=[NOT_OURS])
+        return self._present(apply_response(unseen, response)[0])
 
     async def wait(self, task_id: str, wait_seconds: float, progress: ProgressListener | None = None) -> Task:
         """Wait until the task is final (and its video downloaded) or ``wait_seconds`` pass."""
