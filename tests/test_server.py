@@ -12,6 +12,9 @@ import pytest
 from mcp import Client
 from support import settings_for
 
+from wanx_mcp.catalog import get_model
+from wanx_mcp.errors import InvalidInput
+from wanx_mcp.ratelimit import RateLimiter
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
 
@@ -271,3 +274,32 @@ async def test_many_waiting_callers_share_one_poll_loop(
     polls = [r for r in simulator.state.stats()["requests"] if r["path"].endswith(task_id)]
     assert len(polls) == wanx.watcher.status_requests
     assert 1 <= len(polls) <= elapsed + 1  # at most one status request per second, not one per caller
+
+
+async def test_a_queued_create_reads_its_image_only_when_sent(simulator: Any, tmp_path: Path, image: Path) -> None:
+    limiter = RateLimiter.with_overrides(running_tasks=1)
+    family = get_model("wan2.2-i2v-flash").rate_limit.family
+    late = tmp_path / "late.png"
+    late.write_bytes(image.read_bytes())
+    simulator.state.hold_pending = True
+    async with Wanx.open(settings_for(simulator, tmp_path), client_options={"limiter": limiter}) as wanx:
+        first = await wanx.create({"image": str(image)})
+        outcome: list[BaseException] = []
+
+        async def second() -> None:
+            try:
+                await wanx.create({"image": str(late)})
+            except InvalidInput as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(second)
+            with anyio.fail_after(5):
+                while limiter.queued(family) == 0:
+                    await anyio.sleep(0.01)
+            late.unlink()  # while it waits for the running slot, it holds no copy of the image
+            simulator.state.hold_pending = False
+            await wanx.wait(first.task_id, 20)
+        assert [s["outcome"] for s in wanx.journal.submissions()] == ["failed", "created"]
+    assert outcome and "no such file" in str(outcome[0])
+    assert simulator.state.stats()["creates_received"] == 1

@@ -262,13 +262,13 @@ class DashScopeClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def create_task(self, request: VideoRequest, img_url: str) -> TaskResponse:
+    async def create_task(self, request: VideoRequest, img_url: str | Callable[[], Awaitable[str]]) -> TaskResponse:
         """Submit ``request`` with ``img_url`` as the first frame; returns the PENDING task.
 
-        Waits first for a running-task slot and a submission of the model's rate-limit family.
+        Waits first for a running-task slot and a submission of the model's rate-limit family. ``img_url`` may
+        be a coroutine function producing it once the slot is there, so a queued create holds no large data URI.
         """
-        payload = request.payload(img_url, self.region)
-        model, family = payload["model"], request.spec.rate_limit.family
+        model, family = request.spec.name_in(self.region), request.spec.rate_limit.family
         slot = await self.limiter.acquire(family, refresh=self._refresh)
         sending = False
 
@@ -278,9 +278,10 @@ class DashScopeClient:
             sending = True
 
         try:
+            image = img_url if isinstance(img_url, str) else await img_url()
             reply = await self._request(
                 "POST", CREATE_PATH, TaskResponse, _create_verdict,
-                json=payload, headers=_create_headers(img_url), before_attempt=pace,
+                json=request.payload(image, self.region), headers=_create_headers(image), before_attempt=pace,
             )  # fmt: skip
         except _Failure as failure:
             if _create_verdict(failure) == "ambiguous":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -17,8 +18,8 @@ from pydantic import BaseModel, Field
 from .catalog import MODELS, ModelSpec, RateLimit, get_model
 from .config import Settings, load_settings
 from .dashscope import DashScopeClient, TaskListItem
-from .errors import DashScopeError, InvalidInput
-from .images import prepare_image_async
+from .errors import InvalidInput, WanxError
+from .images import PreparedImage, prepare_image_async
 from .journal import Journal
 from .request import GenerationArgs, VideoRequest, build_request
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
@@ -211,24 +212,34 @@ class Wanx:
     def _present(self, task: Task) -> Task:
         return task.model_copy(update={"hint": hint_for(task, remaining_seconds(self.watcher, task))})
 
+    async def _prepare(self, request: VideoRequest) -> PreparedImage:
+        return await prepare_image_async(
+            request.image, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
+        )
+
+    async def _prepared_url(self, request: VideoRequest) -> str:
+        return (await self._prepare(request)).img_url
+
     async def create(self, args: GenerationArgs | dict[str, Any]) -> Task:
         """Validate, prepare the image, submit, journal and start following; returns the PENDING task."""
         request = build_request(args)
-        image = await prepare_image_async(
-            request.image, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
-        )
-        journaled = request.model_dump(exclude={"image"}) | {"image": image.description}
+        image = await self._prepare(request)
+        description, changes = image.description, image.changes
+        # a create may wait in the rate-limit queue: it keeps a URL, not a data URI made again when it is sent
+        img_url = image.img_url if image.source == "url" else functools.partial(self._prepared_url, request)
+        del image
+        journaled = request.model_dump(exclude={"image"}) | {"image": description}
         submission = self.journal.record_submission(request.model, journaled)
         try:
-            response = await self.client.create_task(request, image.img_url)
-        except DashScopeError as exc:
+            response = await self.client.create_task(request, img_url)
+        except WanxError as exc:
             outcome = "ambiguous" if exc.code == "AmbiguousCreate" else "failed"
             self.journal.finish_submission(submission, outcome, error=str(exc))
             raise
         now = iso(utcnow())
         task = _new_task(
-            request, response.output.task_id, image=image.description, created_at=now,
-            status=Status(response.output.task_status), request_id=response.request_id, notes=image.changes,
+            request, response.output.task_id, image=description, created_at=now,
+            status=Status(response.output.task_status), request_id=response.request_id, notes=changes,
         )  # fmt: skip
         self.journal.insert(task, journaled)
         self.journal.finish_submission(submission, "created", task_id=task.task_id)
