@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from support import WANX, free_port, isolated_env, listening
 
 INTEROP = Path(__file__).parent / "interop"
@@ -62,13 +61,6 @@ def node_modules() -> Path:
                               timeout=600)  # fmt: skip
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     return modules
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    path = tmp_path / "frame.jpg"
-    Image.new("RGB", (480, 480), "#aa6633").save(path)
-    return path
 
 
 @pytest.fixture
