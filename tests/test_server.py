@@ -303,3 +303,16 @@ async def test_a_queued_create_reads_its_image_only_when_sent(simulator: Any, tm
         assert [s["outcome"] for s in wanx.journal.submissions()] == ["failed", "created"]
     assert outcome and "no such file" in str(outcome[0])
     assert simulator.state.stats()["creates_received"] == 1
+
+
+async def test_a_create_waiting_for_a_slot_adds_no_status_requests_of_its_own(
+    simulator: Any, tmp_path: Path, image: Path
+) -> None:
+    limiter = RateLimiter.with_overrides(running_tasks=1, stale_after=0.2)  # refresh the slot holder early
+    async with Wanx.open(settings_for(simulator, tmp_path), client_options={"limiter": limiter}) as wanx:
+        first = await wanx.create({"image": str(image), "model": "wan2.2-i2v-plus"})
+        second = await wanx.create({"image": str(image)})  # waits until the first one is seen finished
+        await wanx.wait(second.task_id, 20)
+        gets = [r for r in simulator.state.stats()["requests"] if r["method"] == "GET" and "/tasks/" in r["path"]]
+        assert wanx.journal.get(first.task_id).status == "SUCCEEDED"
+        assert len(gets) == wanx.watcher.status_requests  # the limiter's refreshes went through the watcher

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import __version__
 from .config import Settings
 from .errors import DashScopeError, InvalidInput, MissingApiKey
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, Refresh
 from .request import VideoRequest
 from .tasks import Status
 
@@ -236,6 +236,9 @@ class DashScopeClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.limiter = limiter if limiter is not None else RateLimiter()
+        #: How a create kept waiting for a slot refreshes the tasks holding them. A watcher that polls those
+        #: tasks anyway puts its own here, so that they are not asked about twice.
+        self.refresh_holders: Refresh = self._refresh
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"User-Agent": USER_AGENT} | ({"Authorization": f"Bearer {api_key}"} if api_key else {}),
@@ -269,7 +272,7 @@ class DashScopeClient:
         be a coroutine function producing it once the slot is there, so a queued create holds no large data URI.
         """
         model, family = request.spec.name_in(self.region), request.spec.rate_limit.family
-        slot = await self.limiter.acquire(family, refresh=self._refresh)
+        slot = await self.limiter.acquire(family, refresh=self.refresh_holders)
         sending = False
 
         async def pace() -> None:

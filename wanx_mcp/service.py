@@ -197,6 +197,7 @@ class Wanx:
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **(client_options or {})))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             watcher = Watcher(client, journal, settings, downloads, on_change=on_change)
+            client.refresh_holders = watcher.refresh
             failure: BaseException | None = None
             async with anyio.create_task_group() as group:
                 await group.start(watcher.run)

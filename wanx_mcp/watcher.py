@@ -133,6 +133,17 @@ class Watcher:
     def is_following(self, task_id: str) -> bool:
         return task_id in self._following
 
+    async def refresh(self, task_ids: list[str]) -> None:
+        """The rate limiter's refresh of the tasks holding its slots: their own poll loops check them now."""
+        for task_id in task_ids:
+            if self.is_following(task_id):
+                self.poke(task_id)
+                continue
+            try:  # not ours to follow: ask once (get_task frees its slot if it is done)
+                await self._client.get_task(task_id)
+            except DashScopeError as exc:
+                log.warning("could not refresh task %s: %s", task_id, exc.code)
+
     def poke(self, task_id: str) -> None:
         """Ask for a status check of a followed task now."""
         wake = self._following.get(task_id)
