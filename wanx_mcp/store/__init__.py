@@ -1,0 +1,1 @@
+"""The shared task store (see ``base``) and how to open the configured one."""
