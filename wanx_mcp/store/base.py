@@ -133,7 +133,9 @@ class TaskStore(ABC):
         """The task's current record, or None."""
 
     @abstractmethod
-    async def update_task(self, task: Task, expected_version: int, *, generation_seconds: float | None = None) -> int | None:
+    async def update_task(
+        self, task: Task, expected_version: int, *, generation_seconds: float | None = None
+    ) -> int | None:
         """Compare-and-set: store ``task`` if its stored version is still ``expected_version``; returns the new
         version (``expected_version + 1``), or None if the record changed meanwhile (or is missing).
 
