@@ -200,7 +200,7 @@ class TaskStore(ABC):
     @abstractmethod
     async def finish_submission(self, submission_id: int, outcome: str, *, task_id: str | None = None,
                                 error: str | None = None) -> None:  # fmt: skip
-        """Set the outcome of a submission (one of ``SUBMISSION_OUTCOMES``)."""
+        """Set the outcome of a submission; ``ValueError`` (nothing written) unless one of ``SUBMISSION_OUTCOMES``."""
 
     @abstractmethod
     async def submissions(self, outcome: str | None = None, limit: int = 50) -> list[Submission]:
@@ -258,14 +258,16 @@ class TaskStore(ABC):
 
     @abstractmethod
     async def enqueue(self, family: str, owner: str, now: float) -> int:
-        """Take a FIFO ticket for a running-task slot of ``family``; returns the ticket id (ids increase)."""
+        """Take a FIFO ticket for a running-task slot of ``family``; returns the ticket id (ids increase).
+
+        The ticket lives while ``owner``'s heartbeat does: call :meth:`heartbeat` first and keep renewing it."""
 
     @abstractmethod
     async def take_slot(self, family: str, ticket: int, limit: int, now: float) -> int | None:
         """Atomically: if ``ticket`` is the oldest live ticket of ``family`` (tickets of lapsed owners are
         dropped) and fewer than ``limit`` slots are in use at ``now`` (expired holds and unassigned slots of
         lapsed owners are freed first), remove the ticket and take a slot for its owner; returns the slot id,
-        else None (keeping the ticket)."""
+        else None (keeping the ticket). Raises ``LookupError`` if the ticket is gone (its owner lapsed)."""
 
     @abstractmethod
     async def leave_queue(self, ticket: int) -> None:
