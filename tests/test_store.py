@@ -60,8 +60,13 @@ async def store(make_store: MakeStore) -> TaskStore:
 
 
 def task(task_id: str, status: Status = Status.PENDING, **fields: object) -> Task:
-    return Task(task_id=task_id, status=status, model="wan2.2-i2v-flash", resolution="720P", duration=5,
-                created_at="2026-11-24T10:00:00.000Z", **fields)  # fmt: skip
+    defaults = {
+        "model": "wan2.2-i2v-flash",
+        "resolution": "720P",
+        "duration": 5,
+        "created_at": "2026-11-24T10:00:00.000Z",
+    }
+    return Task.model_validate({"task_id": task_id, "status": status, **defaults, **fields})
 
 
 # ---- tasks ---------------------------------------------------------------------------------------------
@@ -246,7 +251,7 @@ async def test_heartbeats_and_retirement(make_store: MakeStore) -> None:
     await two.track_task(FAMILY, "task-r1", "B")
     await two.enqueue(FAMILY, "B", T0 + 20)
     await two.retire("B")
-    assert await one.live_owners(T0 + 21) == []
+    assert await one.live_owners(T0 + 21) == ["A"]
     assert await one.leases(T0 + 21) == []
     assert await one.queued(FAMILY, T0 + 21) == 0
     assert slot is not None and await one.slot_holders(FAMILY, T0 + 21) == ["task-r1"]  # the task still runs
@@ -305,6 +310,7 @@ async def test_holds_and_lapsed_owners_free_their_slots(store: TaskStore) -> Non
     assert await store.queued(FAMILY, T0 + 11) == 1
     mine = await store.take_slot(FAMILY, waiting, 2, T0 + 11)
     assert mine is not None and stuck < waiting
+    await store.heartbeat("A", 30, T0 + 100)
     assert await store.running(FAMILY, T0 + 119) == 2
     assert await store.running(FAMILY, T0 + 121) == 1  # the hold expired
 

@@ -40,6 +40,7 @@ class Settings:
     simulate: bool = False
     simulator_speed: float = 10.0
     time_scale: float = 1.0
+    database_url: str | None = field(default=None, repr=False)
 
     @property
     def videos_dir(self) -> Path:
@@ -111,4 +112,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mcp_allowed_hosts=_list(env.get("WANX_MCP_ALLOWED_HOSTS"), ()),
         simulate=simulate,
         simulator_speed=_number(env, "WANX_SIMULATOR_SPEED", defaults.simulator_speed),
+        database_url=_database_url(env.get("WANX_DATABASE_URL")),
     )
+
+
+def _database_url(value: str | None) -> str | None:
+    """``WANX_DATABASE_URL``: empty for the SQLite journal in the data folder, else a PostgreSQL URL."""
+    url = (value or "").strip()
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise InvalidInput("WANX_DATABASE_URL", url.split("://", 1)[0] + "://...", "must start with postgresql://")
+    return url or None
