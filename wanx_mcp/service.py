@@ -279,6 +279,7 @@ class Wanx:
         return await self._present(task)
 
     async def _journal_created(self, task: Task, journaled: dict[str, Any], submission: int) -> None:
+        await self.watcher.claim(task.task_id)
         await self.store.insert_task(task, journaled)
         await self.store.finish_submission(submission, "created", task_id=task.task_id)
         self.watcher.follow(task)
@@ -452,7 +453,10 @@ class Wanx:
         note = "found in DashScope's task list after the answer to its submission was lost"
         task = _new_task(request, item.task_id, image=request.image, created_at=iso(created), notes=[note])
         task, _ = apply_response(task, await self.client.get_task(item.task_id))
+        claimed = await self.watcher.claim(item.task_id)
         if not await self.store.adopt(submission.id, task, submission.request):
+            if claimed:  # another process adopted it: its watcher follows it
+                await self.store.release_lease(item.task_id, self.watcher.owner)
             return await self.store.get(item.task_id)
         unclaimed.remove(submission)
         log.warning("task %s is the one submission %d created; following it", item.task_id, submission.id)

@@ -211,6 +211,10 @@ class Watcher:
         self._following[task.task_id] = anyio.Event()
         self._group.start_soon(self._follow, task, name=f"follow {task.task_id}")
 
+    async def claim(self, task_id: str) -> bool:
+        """Take the watch lease of a task about to be stored, so no other process starts following it first."""
+        return await self._store.acquire_lease(task_id, self.owner, self.lease_ttl, time.time())
+
     def is_following(self, task_id: str) -> bool:
         return task_id in self._following
 
@@ -259,7 +263,7 @@ class Watcher:
     async def _follow(self, task: Task) -> None:
         task_id = task.task_id
         try:
-            if not await self._store.acquire_lease(task_id, self.owner, self.lease_ttl, time.time()):
+            if not await self.claim(task_id):
                 return  # another process follows it; the scan takes it over should that one die
             with anyio.CancelScope() as scope:
                 self._scopes[task_id] = scope
