@@ -48,6 +48,8 @@ RENEW_EVERY = 10.0
 DOWNLOAD_FAILED = "download failed"
 RETRYING = "retrying until the link expires"
 LINK_EXPIRED = "video link expired"
+#: Seconds an estimate of generation time is reused before the store's history is read again.
+ESTIMATE_FOR = 5.0
 
 ChangeListener = Callable[[Task], Awaitable[None]]
 
@@ -137,6 +139,7 @@ class Watcher:
         self._following: dict[str, anyio.Event] = {}  # task_id -> wake-up call for its loop
         self._scopes: dict[str, anyio.CancelScope] = {}  # task_id -> its loop, while it holds the lease
         self._queued: dict[str, float] = {}  # task_id -> seconds DashScope kept it PENDING (from its answers)
+        self._estimates: dict[tuple[str, str | None, int | None], tuple[float, Estimate]] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self.status_requests = 0
 
@@ -244,11 +247,19 @@ class Watcher:
         return max(age - self._queued.get(task.task_id, 0.0), 0.0)
 
     async def estimate(self, task: Task) -> Estimate:
+        """How long tasks like ``task`` take, from recent ones (read from the store at most every
+        ESTIMATE_FOR seconds per kind of task)."""
+        key = (task.model, task.resolution, task.duration)
+        cached = self._estimates.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         spec = get_model(task.model)
         duration = task.duration or spec.default_duration
         fallback = spec.typical_seconds * duration / spec.default_duration / self._settings.time_scale
         samples = await self._store.generation_seconds(task.model, task.resolution, task.duration)
-        return Estimate.from_history(samples, fallback)
+        estimate = Estimate.from_history(samples, fallback)
+        self._estimates[key] = (time.monotonic() + ESTIMATE_FOR, estimate)
+        return estimate
 
     async def _changed_to(
         self, task_id: str, change: Callable[[Task], Task], generation_seconds: float | None = None
