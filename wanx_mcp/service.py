@@ -179,6 +179,7 @@ class Wanx:
         self.watcher = watcher
         #: Tasks created upstream whose journaling failed: task, journaled request, submission id.
         self._unjournaled: dict[str, tuple[Task, dict[str, Any], int]] = {}
+        self._recover_soon = anyio.Event()  # set when there is something to recover now
 
     @classmethod
     @asynccontextmanager
@@ -270,6 +271,7 @@ class Wanx:
             await self._journal_created(task, journaled, submission)
         except JournalError as exc:
             self._unjournaled[task.task_id] = (task, journaled, submission)
+            self._recover_soon.set()
             log.error("task %s created but not journaled: %s", task.task_id, exc)
             raise JournalError(
                 f"JournalError: task {task.task_id} was created upstream but could not be journaled ({exc}). It is "
@@ -431,7 +433,12 @@ class Wanx:
                 await self.recover()
             except WanxError as exc:
                 log.warning("recovery of unresolved submissions failed (will retry): %s", exc)
-            await anyio.sleep(1.0 if self._unjournaled else RECOVER_EVERY)
+            if self._unjournaled:
+                await anyio.sleep(1.0)
+                continue
+            with anyio.move_on_after(RECOVER_EVERY):
+                await self._recover_soon.wait()
+            self._recover_soon = anyio.Event()
 
     async def _adopt(self, item: TaskListItem, unclaimed: list[Submission]) -> Task | None:
         """Journal and follow ``item`` as the task of the nearest unresolved submission it can be, if any."""

@@ -160,7 +160,10 @@ class Watcher:
                     await self._maintain()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._store.retire(self.owner)
+                try:
+                    await self._store.retire(self.owner)
+                except WanxError as exc:  # the leases lapse by themselves
+                    log.warning("could not give up the watch leases: %s", exc)
 
     async def _maintain(self) -> None:
         """Renew this process's heartbeat and leases, stop loops whose lease was lost, take over abandoned tasks."""
