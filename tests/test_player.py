@@ -27,6 +27,7 @@ BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "player-test-token"
 APPS = [advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})]
+SHOWN = ("prompt", "actual", "model", "resolution", "duration", "cost")
 
 
 @pytest.fixture
@@ -155,14 +156,20 @@ def test_the_player_plays_the_video_in_chromium(tmp_path: Path, host_bundle: Pat
                 until(lambda: video.evaluate("v => v.currentTime") > start + 0.3, 15, "the video does not play")
                 state = page.evaluate("window.hostState")
                 assert state["phase"] == "delivered", state
-                shown = {name: player.locator(f"#{name} dd").inner_text() for name in ("prompt", "model", "resolution")}
+                shown = {row: player.locator(f"#{row} dd").inner_text() for row in SHOWN}
             except (sync_api.Error, AssertionError) as exc:
                 state = page.evaluate("window.hostState")
                 raise AssertionError(f"{exc}\nhost: {state}\nconsole: {console}") from exc
             page.screenshot(path=str(tmp_path / "player.png"), full_page=True)
+            page.goto(f"{origin}/host/index.html?token={TOKEN}&image={image}&prompt=%5Bsimulate:DataInspectionFailed%5D")
+            player.locator("#message").filter(has_text="DataInspectionFailed").wait_for(timeout=30_000)
+            failed = player.locator("#status").inner_text()
         finally:
             browser.close()
     assert shown["prompt"] == "a red wall slowly comes closer", (shown, console)
+    assert shown["actual"].lower().startswith(shown["prompt"]) and len(shown["actual"]) > len(shown["prompt"])
     assert shown["model"] == "wan2.2-i2v-flash" and shown["resolution"].startswith("480P")
+    assert shown["duration"] == "5 s" and shown["cost"] == "≈ 0.50 CNY"
+    assert failed.startswith(("FAILED", "ERROR")), failed
     if (REPO / "docs").is_dir():
         shutil.copy(tmp_path / "player.png", REPO / "docs" / "player.png")

@@ -96,7 +96,7 @@ async function follow(task) {
       if (FINAL.has(current.status) && current.status !== "SUCCEEDED") break;
       const result = await app.callServerTool({
         name: "get_task",
-        arguments: { task_id: task.task_id, wait_seconds: POLL_WAIT_SECONDS },
+        arguments: { task_id: task.task_id, wait_seconds: POLL_WAIT_SECONDS, preview: false }, // no image block
       });
       current = taskOf(result);
       render(current);
