@@ -120,6 +120,9 @@ def until(condition: Callable[[], bool], seconds: float, failure: str) -> None:
 
 @pytest.mark.slow
 def test_the_player_plays_the_video_in_chromium(tmp_path: Path, host_bundle: Path, player_server: int) -> None:
+    """A host page made of the official MCP client and AppBridge renders the player for generate_and_wait (which
+    returns the task still PENDING): the player follows it through get_task, then plays the video it reads through
+    the server; a failed task shows its error. The screenshot stays in the test's tmp_path."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -171,5 +174,6 @@ def test_the_player_plays_the_video_in_chromium(tmp_path: Path, host_bundle: Pat
     assert shown["model"] == "wan2.2-i2v-flash" and shown["resolution"].startswith("480P")
     assert shown["duration"] == "5 s" and shown["cost"] == "≈ 0.50 CNY"
     assert failed.startswith(("FAILED", "ERROR")), failed
-    if (REPO / "docs").is_dir():
-        shutil.copy(tmp_path / "player.png", REPO / "docs" / "player.png")
+    readme_image = REPO / "docs" / "player.png"
+    if not readme_image.exists():  # the README's screenshot: delete it to take a new one
+        shutil.copy(tmp_path / "player.png", readme_image)
