@@ -144,8 +144,8 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
     wait_default = wanx.settings.wait_seconds
 
     def linked(task: Task, ctx: Context) -> Task:
-        request = ctx.request_context.request if links else None
-        base_url = getattr(request, "base_url", None)
+        """``task`` with links to its saved files under the URL the HTTP client reached this server at."""
+        base_url = getattr(ctx.request_context.request, "base_url", None) if links else None
         return links.attach(task, str(base_url)) if links and base_url else task
 
     async def publish(task: Task) -> None:
