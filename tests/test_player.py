@@ -104,7 +104,7 @@ def host_bundle(tmp_path: Path) -> Path:
 def player_server(tmp_path: Path) -> Iterator[int]:
     """``wanx-mcp serve --transport http --simulate`` with a token, slow enough that the player sees it run."""
     port = free_port()
-    env = isolated_env(tmp_path, WANX_MCP_TOKEN=TOKEN, WANX_SIMULATOR_SPEED="30")
+    env = isolated_env(tmp_path, WANX_MCP_TOKEN=TOKEN, WANX_SIMULATOR_SPEED="15")
     command = [*WANX, "serve", "--transport", "http", "--port", str(port), "--simulate"]
     with listening(command, env, port, tmp_path / "server.log"):
         yield port
