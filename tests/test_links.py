@@ -21,6 +21,7 @@ from support import WANX, free_port, isolated_env, listening, settings_for
 from wanx_mcp.links import VideoLinks
 from wanx_mcp.server import MAX_VIDEO_RESOURCE_BYTES, build_server
 from wanx_mcp.service import Wanx
+from wanx_mcp.transports import http_app
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +174,17 @@ async def test_the_video_resource_refuses_a_video_too_large_for_one_message(wanx
         with pytest.raises(MCPError, match="video_link") as refused:
             await client.read_resource(uri)
     assert "video_path" in str(refused.value) and "32 MB" in str(refused.value)
+
+
+async def test_without_a_token_a_link_still_needs_its_signature(wanx: Wanx, image: Path) -> None:
+    task = await wanx.generate({"image": str(image), "resolution": "480P"}, 20)
+    assert task.video_path
+    links = VideoLinks.for_deployment(None, wanx.settings.data_dir)
+    signed = links.attach(task, "http://127.0.0.1:8000/").video_link
+    assert signed and signed.startswith(f"http://127.0.0.1:8000/videos/{task.task_id}.mp4?exp=")
+    app = http_app(wanx, "127.0.0.1", 8000)  # no WANX_MCP_TOKEN: loopback only
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000") as http:
+        good = await http.get(signed)
+        bare = await http.get(f"/videos/{task.task_id}.mp4", headers={"Authorization": "Bearer anything"})
+    assert good.status_code == 200 and good.content == Path(task.video_path).read_bytes()
+    assert bare.status_code == 401
