@@ -84,16 +84,17 @@ async function play(task) {
   video.play().catch(() => {}); // muted autoplay; a host may still want a click
 }
 
+const saved = (task) => task.status === "SUCCEEDED" && Boolean(task.video_path);
+const hopeless = (task) => FINAL.has(task.status) && task.status !== "SUCCEEDED";
+
 async function follow(task) {
   render(task);
-  if (task.status === "SUCCEEDED" && task.video_path) return play(task);
-  if (FINAL.has(task.status) && !(task.status === "SUCCEEDED")) return;
-  if (following === task.task_id) return;
+  if (saved(task)) return play(task);
+  if (hopeless(task) || following === task.task_id) return;
   following = task.task_id;
   try {
     let current = task;
-    while (following === task.task_id && !(current.status === "SUCCEEDED" && current.video_path)) {
-      if (FINAL.has(current.status) && current.status !== "SUCCEEDED") break;
+    while (following === task.task_id && !saved(current) && !hopeless(current)) {
       const result = await app.callServerTool({
         name: "get_task",
         arguments: { task_id: task.task_id, wait_seconds: POLL_WAIT_SECONDS, preview: false }, // no image block
@@ -101,7 +102,7 @@ async function follow(task) {
       current = taskOf(result);
       render(current);
     }
-    if (current.status === "SUCCEEDED" && current.video_path) await play(current);
+    if (saved(current)) await play(current);
   } catch (error) {
     fail(`Could not follow the task: ${error.message ?? error}`);
   } finally {
