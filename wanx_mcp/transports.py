@@ -73,7 +73,7 @@ class VideoFiles:
         if match is None:
             await self.app(scope, receive, send)
             return
-        response = self._respond(Request(scope, receive), match["task_id"], match["kind"])
+        response = await self._respond(Request(scope, receive), match["task_id"], match["kind"])
         await response(scope, receive, send)
 
     def _authorized(self, request: Request) -> bool:
@@ -82,7 +82,7 @@ class VideoFiles:
             return True
         return self.links.verify(request.url.path, request.query_params.get("exp"), request.query_params.get("sig"))
 
-    def _respond(self, request: Request, task_id: str, kind: str) -> Response:
+    async def _respond(self, request: Request, task_id: str, kind: str) -> Response:
         if request.method not in ("GET", "HEAD"):
             return JSONResponse({"error": "method_not_allowed"}, 405, headers={"allow": "GET, HEAD"})
         if not self._authorized(request):
