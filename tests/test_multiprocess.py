@@ -1,8 +1,9 @@
 """Several wanx-mcp processes on one data folder and one DashScope account behave as one server.
 
-Real processes (stdio MCP servers, the CLI, HTTP servers killed with SIGKILL) against the simulator with its
-account-wide limits; what is checked is what DashScope and the user would see: the simulator's request log
-(429s, who polled what, downloads), its task records (how many ran at once), the files in the videos folder.
+The slow tests use real processes (stdio MCP servers, the CLI, servers killed with SIGKILL) against the
+simulator with its account-wide limits; what is checked is what DashScope and the user would see: the
+simulator's request log (429s, who polled what, downloads), its task records (how many ran at once), the files
+in the videos folder. The quick one opens two Wanx instances, each with its own store connection, in-process.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from PIL import Image
-from support import WANX, isolated_env, simulator_env
+from support import WANX, isolated_env, settings_for, simulator_env
 
 from wanx_mcp.catalog import WAN_21_22
+from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 from wanx_mcp.simulator.app import sample_video
 from wanx_mcp.store.sqlite import SQLiteStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+pytestmark = pytest.mark.anyio
 MakeSimulator = Callable[..., RunningSimulator]
 FAMILY = WAN_21_22.family
 #: Simulated seconds per real second: a wan2.2-i2v-flash video (60 s) takes 1 s.
@@ -97,6 +99,7 @@ async def journaled(data_dir: Path) -> SQLiteStore:
     return store
 
 
+@pytest.mark.slow
 async def test_three_servers_share_the_account_limits_and_the_work(
     make_simulator: MakeSimulator, tmp_path: Path
 ) -> None:
@@ -157,6 +160,7 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 6
     return value
 
 
+@pytest.mark.slow
 async def test_the_lease_holder_is_killed_and_another_process_takes_over(
     make_simulator: MakeSimulator, tmp_path: Path
 ) -> None:
@@ -194,6 +198,7 @@ async def test_the_lease_holder_is_killed_and_another_process_takes_over(
     assert all(len(agents) == 2 for agents in pollers(requests).values())  # the creator, then the survivor
 
 
+@pytest.mark.slow
 async def test_a_create_cut_off_by_kill_is_adopted_after_a_restart_without_any_call(
     make_simulator: MakeSimulator, tmp_path: Path
 ) -> None:
@@ -228,3 +233,25 @@ async def _async(value: Any) -> Any:
 async def _saved(store: SQLiteStore, task_id: str) -> Any:
     task = await store.get(task_id)
     return task if task is not None and task.video_path else None
+
+
+async def test_one_instance_creates_another_waits_and_neither_sweeps_the_others_download(
+    make_simulator: MakeSimulator, tmp_path: Path
+) -> None:
+    sim = make_simulator(speed=200.0)
+    sim.state.faults.add("download", "delay", seconds=0.5)  # A's download is under way when B starts
+    settings = settings_for(sim, tmp_path, poll_interval=0.5)
+    videos = settings.videos_dir
+    async with Wanx.open(settings) as a:
+        task = await a.create({"image": str(frame(tmp_path))})
+        while not any(videos.glob(".*.part")):
+            await anyio.sleep(0.01)
+        (part,) = videos.glob(".*.part")
+        async with Wanx.open(settings) as b:  # a second process on the same data folder starts
+            assert part.exists()  # it left A's running download alone
+            done = await b.wait(task.task_id, 20)  # and is woken by what A records
+            assert [listed.task_id for listed in await b.list()] == [task.task_id]
+            b_polls = b.watcher.status_requests
+    assert done.status == "SUCCEEDED" and Path(done.video_path).read_bytes() == sample_video()
+    assert b_polls == 0 and a.watcher.status_requests > 0  # only the lease holder asked DashScope
+    assert sim.state.stats()["downloads"] == 1 and not any(videos.glob(".*.part"))
