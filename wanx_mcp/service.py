@@ -207,7 +207,8 @@ class Wanx:
             store = store or await open_store(settings)
             stack.push_async_callback(store.close)
             owner = new_owner_id()
-            options = {"limiter": RateLimiter(store=store, owner=owner), **(client_options or {})}
+            limiter = RateLimiter(store=store, owner=owner, owner_ttl=settings.lease_ttl)
+            options = {"limiter": limiter, **(client_options or {})}
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **options))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             watcher = Watcher(
