@@ -111,7 +111,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param(name="prompt_extend", type=bool, target="parameters.prompt_extend", default=True,
           description="Let DashScope enrich the prompt"),
     Param(name="seed", type=int, target="parameters.seed", description="For repeatable results"),
-    Param(name="watermark", type=bool, target="parameters.watermark", default=False),
+    Param(name="watermark", type=bool, target="parameters.watermark", default=False, description="Add the AI mark"),
     Param(name="fit_image", type=bool, default=False,
           description="Resize/flatten/re-encode an image that breaks the limits instead of refusing it"),
     Param(name="audio_url", type=str, target="input.audio_url", url=True,
@@ -339,6 +339,22 @@ def models_taking(argument: str, value: Scalar | None = None) -> list[str]:
 def choices_of(argument: str) -> list[Scalar]:
     """Every model's choices for ``argument``, in catalog order."""
     return list(dict.fromkeys(c for m in MODELS for c in m.choices(argument)))
+
+
+def model_table() -> str:
+    """The README's model table (Markdown), one row per model."""
+    common = set(rules(("",), ""))
+    lines = ["| model | resolutions (default) | seconds | CNY/s (Beijing) | arguments of its own | notes |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for m in MODELS:
+        d = m.durations
+        seconds = f"{d[0]}-{d[-1]}" if len(d) > 2 and d == tuple(range(d[0], d[-1] + 1)) else ", ".join(map(str, d))
+        prices = [m.price_cny_per_second.get(r) for r in m.resolutions]
+        price = " / ".join(f"{p:g}" if p is not None else "?" for p in prices) if any(prices) else "unpublished"
+        own = ", ".join(f"`{a}`" for a in [*m.inputs, *m.params] if a != "image" and a not in common) or "—"
+        lines.append(f"| `{m.name}` | {', '.join(m.resolutions)} ({m.default_resolution}) | {seconds} | {price} "
+                     f"| {own} | {m.description} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def rate_limits() -> dict[str, RateLimit]:

@@ -23,7 +23,7 @@ from .catalog import (
 )
 from .errors import InvalidInput
 
-__all__ = ["MAX_SEED", "GenerationArgs", "VideoRequest", "build_request", "generation_args"]
+__all__ = ["MAX_SEED", "GenerationArgs", "VideoRequest", "build_request", "generation_args", "invalid_input"]
 
 #: Bidirectional-text controls, which can make a prompt read differently from what is sent.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -104,6 +104,15 @@ class VideoRequest(BaseModel):
         return {"model": spec.name_in(region), **body}
 
 
+def invalid_input(exc: ValidationError) -> InvalidInput:
+    """The first error of a failed argument check, as an InvalidInput naming the argument."""
+    error = exc.errors()[0]
+    argument = ".".join(str(part) for part in error["loc"]) or "arguments"
+    if error["type"] == "missing":
+        return InvalidInput(argument, None, "is required")
+    return InvalidInput(argument, error.get("input"), error["msg"])
+
+
 def _given(args: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     """The arguments the caller gave (not the defaults), type-checked; InvalidInput naming the first bad one."""
     raw = args.model_dump(exclude_unset=True) if isinstance(args, BaseModel) else dict(args)
@@ -114,9 +123,7 @@ def _given(args: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     try:
         checked = model.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        argument = ".".join(str(p) for p in error["loc"]) or "arguments"
-        raise InvalidInput(argument, error.get("input"), error["msg"]) from None
+        raise invalid_input(exc) from None
     return {name: getattr(checked, name) for name in checked.model_fields_set}
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__
 from .catalog import PARAMS
 from .errors import InvalidInput, WanxError
-from .request import generation_args
+from .request import generation_args, invalid_input
 from .service import ModelInfo, Wanx, check_task_id
 from .tasks import Status, Task
 
@@ -110,9 +110,7 @@ class _CheckedArguments(FuncMetadata):
             try:
                 parsed = self.arg_model.model_validate(self.pre_parse_json(arguments_to_validate))
             except ValidationError as exc:
-                error = exc.errors()[0]
-                argument = ".".join(str(part) for part in error["loc"]) or "arguments"
-                raise InvalidInput(argument, error.get("input"), error["msg"]) from None
+                raise invalid_input(exc) from None
         except InvalidInput as exc:
             return {_REJECTED: exc}
         return {key: getattr(parsed, name) for key, name in names.items() if name in parsed.model_fields_set}

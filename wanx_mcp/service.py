@@ -227,9 +227,15 @@ class Wanx:
 
     async def _prepare(self, request: VideoRequest) -> dict[str, PreparedImage]:
         """Every image of ``request`` (first frame, last frame...) checked and made ready to send, by name."""
-        limits, allowed = request.spec.image, self.settings.allowed_dirs
-        return {slot: await prepare_image_async(source, limits, allowed_dirs=allowed, fit=request.fit_image)
-                for slot, source in request.images.items()}  # fmt: skip
+        prepared = {}
+        for slot, source in request.images.items():
+            try:
+                prepared[slot] = await prepare_image_async(
+                    source, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
+                )
+            except InvalidInput as exc:  # the image checks name the first frame
+                raise InvalidInput(slot, exc.value, exc.rule, exc.valid) from None
+        return prepared
 
     async def _prepared_urls(self, request: VideoRequest) -> dict[str, str]:
         return {slot: image.img_url for slot, image in (await self._prepare(request)).items()}
