@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ApiError
 from .faults import ALLOWED, KINDS, Fault
 from .responses import ConnectionDropped, CutResponse, api_error, api_json, oss_error, proxy_502
+from .rules import FIRST_FRAME, KEYFRAMES
 from .state import SimulatorState
 from .tasks import SimTask
 
@@ -111,6 +112,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return f"{root}/results/{task.task_id}.mp4?Expires={expires}&Signature=sim"
 
     async def create_task(request: Request) -> Response:
+        endpoint = request.url.path.removeprefix(API)
         state.count("creates_received")
         raw = await request.body()
         if (fault_response := await before(request, "create")) is not None:
@@ -122,7 +124,7 @@ def create_app(state: SimulatorState) -> Starlette:
             body: Any = json.loads(raw)
         except ValueError:
             body = None
-        task, fault = state.create(key, body)
+        task, fault = state.create(key, body, endpoint)
         response = JSONResponse(
             {"output": {"task_status": "PENDING", "task_id": task.task_id}, "request_id": task.request_id}
         )
@@ -213,7 +215,8 @@ def create_app(state: SimulatorState) -> Starlette:
         return api_error(exc.status, exc.code, exc.message)
 
     routes = [
-        Route(f"{API}/services/aigc/video-generation/video-synthesis", create_task, methods=["POST"]),
+        Route(f"{API}{FIRST_FRAME}", create_task, methods=["POST"]),
+        Route(f"{API}{KEYFRAMES}", create_task, methods=["POST"]),
         Route(f"{API}/tasks/", list_tasks, methods=["GET"]),
         Route(f"{API}/tasks", list_tasks, methods=["GET"]),
         Route(f"{API}/tasks/{{task_id}}", get_task, methods=["GET"]),

@@ -19,6 +19,7 @@ from .clock import Clock
 from .config import SimulatorConfig
 from .errors import ApiError, invalid, message_for
 from .faults import Fault, FaultQueue
+from .rules import FIRST_FRAME
 from .tasks import SimTask
 from .validation import validate_create
 
@@ -127,13 +128,14 @@ class SimulatorState:
     def authorized(self, key: str) -> bool:
         return key in self.config.api_keys
 
-    def create(self, key: str, body: Any) -> tuple[SimTask, Fault | None]:
-        """A new task for ``body`` and the after-create fault it drew; ApiError on 400 and 429."""
-        request = validate_create(body)
+    def create(self, key: str, body: Any, endpoint: str = FIRST_FRAME) -> tuple[SimTask, Fault | None]:
+        """A new task for ``body`` posted to ``endpoint`` and the after-create fault it drew; ApiError on
+        400 and 429."""
+        request = validate_create(body, endpoint)
         with self._lock:
             now = self.clock.now()
             self._advance(now)
-            family = request.spec.rate_limit.family
+            family = request.rule.family.name
             limits = self.config.rate_limit(family)
             window = self._windows.setdefault((key, family), deque())
             while window and window[0] <= now - RATE_WINDOW:
@@ -142,8 +144,8 @@ class SimulatorState:
                 raise ApiError(429, "Throttling.RateQuota")
             window.append(now)
             jitter = self._rng.uniform(0.8, 1.2) if self.config.jitter else 1.0
-            spec = request.spec
-            simulated = spec.typical_seconds * request.duration / spec.default_duration * jitter
+            rule = request.rule
+            simulated = rule.typical_seconds * request.duration / rule.default_duration * jitter
             task = SimTask(
                 task_id=str(uuid.uuid4()),
                 key=key,
@@ -217,7 +219,7 @@ class SimulatorState:
                 and not self._expired(task.submitted_at, now)
                 and start <= task.submitted_at <= end
                 and query.get("task_id") in (None, "", task.task_id)
-                and query.get("model_name") in (None, "", task.request.model_name, task.request.spec.name)
+                and query.get("model_name") in (None, "", task.request.model_name, task.request.rule.name)
                 and status in ("", task.status)
             ]
             matches.sort(key=lambda task: task.submitted_at, reverse=True)
