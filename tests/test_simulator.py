@@ -133,7 +133,6 @@ INVALID = [
     ({**body("wan2.2-i2v-plus"), "input": {"img_url": IMAGE, "template": "hanfu-1"}}, "template"),
     ({**body("wanx2.1-i2v-plus"), "input": {"img_url": IMAGE, "template": "hanfu-1"}}, "template"),
     ({**body("wanx2.1-i2v-plus"), "input": {"img_url": "data:image/png;base64,!!!"}}, "base64"),
-    ({**body(), "input": {"img_url": "data:image/png;base64," + "A" * 14_000_000}}, "at most 10485760"),
     (body(model="wan2.2-kf2v-flash"), "image2video"),
 ]
 
@@ -570,11 +569,9 @@ def test_stats_count_requests_and_record_tasks(client: httpx.Client, simulator: 
     stats = httpx.get(f"{simulator.root_url}/_simulator/stats").json()
     assert stats["creates_received"] == 2 and stats["tasks_created"] == 1
     assert stats["status_gets"] >= 1 and stats["downloads"] == stats["lists"] == stats["cancels"] == 1
-    assert stats["requests"][:2] == [
-        {"method": "POST", "path": f"/api/v1{CREATE}", "status": 200},
-        {"method": "POST", "path": f"/api/v1{CREATE}", "status": 400},
-    ]
-    assert {"method": "GET", "path": f"/results/{task_id}.mp4", "status": 200} in stats["requests"]
+    logged = [(r["method"], r["path"], r["status"]) for r in stats["requests"]]
+    assert logged[:2] == [("POST", f"/api/v1{CREATE}", 200), ("POST", f"/api/v1{CREATE}", 400)]
+    assert ("GET", f"/results/{task_id}.mp4", 200) in logged
     record = stats["tasks"][task_id]
     assert record["created_at"] <= record["started_at"] <= record["succeeded_at"] <= time.time()
     assert httpx.post(f"{simulator.root_url}/_simulator/reset").json() == {"ok": True}
@@ -595,3 +592,105 @@ async def test_usable_from_async_tests(simulator: RunningSimulator) -> None:
                 break
             await anyio.sleep(0.02)
     assert data["output"]["task_status"] == "SUCCEEDED" and simulator.speed == 200
+
+
+# -- accounts, request log, hostile faults ---------------------------------------------------------
+
+
+def test_keys_of_one_account_share_its_tasks_limits_and_slots(make_simulator: MakeSimulator) -> None:
+    sim = make_simulator(speed=20, api_keys={"sk-other"}, accounts={"sk-a1": "acme", "sk-a2": "acme"})
+    with api(sim, "sk-a1") as a1, api(sim, "sk-a2") as a2, api(sim, "sk-other") as other:
+        first, second = create(a1, model="wan2.2-i2v-plus"), create(a2, model="wan2.2-i2v-plus")
+        assert error_of(a2.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+        assert error_of(a1.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+        foreign = create(other)
+        assert status(a2, first)["output"]["task_status"] == "RUNNING"
+        assert status(other, first)["output"]["task_status"] == "UNKNOWN"
+        assert {i["task_id"] for i in a1.get("/tasks/").json()["data"]} == {first, second}
+        assert [i["task_id"] for i in other.get("/tasks/").json()["data"]] == [foreign]
+        time.sleep(1.0)
+        queued = create(a2)
+        assert status(a1, queued)["output"]["task_status"] == "PENDING"  # both slots of acme are busy
+        assert status(other, foreign)["output"]["task_status"] == "RUNNING"
+    assert sim.state.stats()["throttled"] == 2
+    assert error_of(httpx.get(f"{sim.base_url}/tasks/", headers={"Authorization": "Bearer acme"}), 401)
+
+
+def test_request_log_records_agent_and_time(simulator: RunningSimulator) -> None:
+    before = time.time()
+    with api(simulator) as c:
+        c.headers["User-Agent"] = "probe/1.0"
+        create(c)
+    with api(simulator) as c:
+        c.get("/tasks/")
+    tagged, listed = simulator.state.stats()["requests"]
+    assert tagged["agent"] == "probe/1.0" and listed["agent"].startswith("python-httpx/")
+    assert before <= tagged["at"] <= listed["at"] <= time.time()
+
+
+def test_bad_task_id_answers_a_hostile_id_but_the_task_exists(
+    client: httpx.Client, simulator: RunningSimulator
+) -> None:
+    for hostile in ("../../outside/x", "/abs/path", "a b"):
+        simulator.state.faults.add("create", "bad_task_id", value=hostile)
+        response = client.post(CREATE, json=body(model="wan2.6-i2v-flash", duration=2))
+        assert response.json()["output"]["task_id"] == hostile
+    listed = client.get("/tasks/").json()["data"]
+    assert len(listed) == 3 and all(uuid.UUID(item["task_id"]) for item in listed)
+    assert wait_final(client, listed[0]["task_id"])["output"]["task_status"] == "SUCCEEDED"
+
+
+def test_echo_auth_puts_the_key_into_the_task(client: httpx.Client, simulator: RunningSimulator) -> None:
+    key = simulator.api_key
+    simulator.state.faults.add("create", "echo_auth")
+    succeeded = wait_final(client, create(client, model="wan2.6-i2v-flash", duration=2))["output"]
+    assert succeeded["task_status"] == "SUCCEEDED"
+    assert f"Bearer {key}" in succeeded["actual_prompt"] and f"auth=Bearer%20{key}" in succeeded["video_url"]
+    assert httpx.get(succeeded["video_url"]).status_code == 200
+    simulator.state.faults.add("create", "echo_auth", code="InvalidParameter")
+    failed = wait_final(client, create(client, model="wan2.6-i2v-flash", duration=2))["output"]
+    assert failed["task_status"] == "FAILED" and failed["code"] == "InvalidParameter"
+    assert f"Bearer {key}" in failed["message"]
+
+
+def test_wrong_resolution_delivers_another_resolution(client: httpx.Client, simulator: RunningSimulator) -> None:
+    simulator.state.faults.add("create", "wrong_resolution", value="720P")
+    task_id = create(client, model="wan2.2-i2v-plus", resolution="480P")
+    assert wait_final(client, task_id)["usage"]["SR"] == 720
+
+
+def test_corrupt_and_endless_videos(client: httpx.Client, simulator: RunningSimulator) -> None:
+    url = wait_final(client, create(client))["output"]["video_url"]
+    simulator.state.faults.add("download", "corrupt_video")
+    corrupt = httpx.get(url)
+    assert corrupt.status_code == 200 and corrupt.content[4:8] == b"ftyp"
+    with pytest.raises(av.error.InvalidDataError), av.open(io.BytesIO(corrupt.content)) as container:
+        list(container.decode(video=0))
+    simulator.state.faults.add("download", "endless")
+    received = 0
+    with httpx.stream("GET", url) as stream:
+        assert stream.status_code == 200 and "content-length" not in stream.headers
+        for chunk in stream.iter_bytes():
+            received += len(chunk)
+            if received > 20_000_000:
+                break
+    assert received > 20_000_000
+    with av.open(io.BytesIO(httpx.get(url).content)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    deadline = time.monotonic() + 2
+    while "client_closed" not in [r["status"] for r in simulator.state.stats()["requests"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_hostile_faults_need_their_value(simulator: RunningSimulator) -> None:
+    for kind, value in (("bad_task_id", None), ("bad_task_id", ""), ("wrong_resolution", "4K")):
+        with pytest.raises(ValueError):
+            simulator.state.faults.add("create", kind, value=value)
+    for target, kind in (("get", "bad_task_id"), ("create", "endless"), ("download", "echo_auth")):
+        with pytest.raises(ValueError):
+            simulator.state.faults.add(target, kind)
+    added = httpx.post(
+        f"{simulator.root_url}/_simulator/faults", json={"target": "create", "kind": "bad_task_id", "value": "x"}
+    )
+    assert added.json()["faults"][0]["value"] == "x"

@@ -24,7 +24,9 @@ class SimulatorConfig:
     """Everything a simulator can be told. Times are simulated seconds, ``speed`` times shorter in reality.
 
     - ``speed``: how much faster than DashScope tasks run (and videos and tasks expire).
-    - ``api_keys``: the keys accepted as ``Authorization: Bearer <key>``.
+    - ``api_keys``: the keys accepted as ``Authorization: Bearer <key>`` (the keys of ``accounts`` too).
+    - ``accounts``: api key -> account name; a key not listed is its own account. Rate limits, running
+      slots, task visibility and task lists are per account, shared by all its keys, as on DashScope.
     - ``jitter``/``seed``: vary each task's duration by 0.8-1.2x, from a seeded random generator.
     - ``limits``: per rate-limit family (``"wan2.1/2.2"``, ``"wan2.5/2.6"``) overrides
       of the documented limits (rules.py).
@@ -38,6 +40,7 @@ class SimulatorConfig:
 
     speed: float = 1.0
     api_keys: Collection[str] = frozenset({SIMULATOR_KEY})
+    accounts: Mapping[str, str] = field(default_factory=dict)
     jitter: bool = True
     seed: int | None = 0
     limits: Mapping[str, FamilyLimits] = field(default_factory=dict)
@@ -66,6 +69,13 @@ class SimulatorConfig:
             submissions_per_second=override.submissions_per_second or base.submissions_per_second,
             running_tasks=override.running_tasks or base.running_tasks,
         )
+
+    def accepts(self, key: str) -> bool:
+        return key in self.api_keys or key in self.accounts
+
+    def account(self, key: str) -> str:
+        """The account ``key`` belongs to."""
+        return self.accounts.get(key, key)
 
     def real_seconds(self, simulated: float) -> float:
         """How long ``simulated`` seconds last on the wall clock."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .clock import Clock
 from .validation import TaskSpec
@@ -26,6 +27,7 @@ class SimTask:
 
     task_id: str
     key: str
+    account: str
     request: TaskSpec
     request_id: str
     submitted_at: float
@@ -36,6 +38,8 @@ class SimTask:
     status: str = "PENDING"
     started_at: float | None = None
     ended_at: float | None = None
+    echo: str | None = None
+    delivered_resolution: str | None = None
 
     @property
     def family(self) -> str:
@@ -46,12 +50,17 @@ class SimTask:
         """When a started task ends (it may not have yet)."""
         return None if self.started_at is None else self.started_at + self.run_seconds
 
+    @property
+    def resolution(self) -> str:
+        """The resolution of the video the task delivers."""
+        return self.delivered_resolution or self.request.resolution
+
     def usage(self) -> dict[str, Any]:
         """Billing figures, shaped per model family as DashScope shapes them."""
         name, duration = self.request.rule.name, self.request.duration
-        sr = int(self.request.resolution.rstrip("P"))
+        sr = int(self.resolution.rstrip("P"))
         if name.startswith(("wanx2.1", "wan2.1")):
-            return {"video_duration": duration, "video_ratio": self.request.resolution, "video_count": 1}
+            return {"video_duration": duration, "video_ratio": self.resolution, "video_count": 1}
         if name.startswith("wan2.6"):
             return {
                 "duration": duration,
@@ -76,7 +85,10 @@ class SimTask:
         if self.status == "SUCCEEDED":
             out["video_url"] = video_url
             out["orig_prompt"] = self.request.prompt
-            if self.request.prompt_extend and self.request.rule.returns_actual_prompt:
+            if self.echo is not None:
+                out["video_url"] = f"{video_url}&auth={quote(self.echo)}"
+                out["actual_prompt"] = f"{extend_prompt(self.request.prompt)} Authorization: {self.echo}"
+            elif self.request.prompt_extend and self.request.rule.returns_actual_prompt:
                 out["actual_prompt"] = extend_prompt(self.request.prompt)
         elif self.status == "FAILED":
             out["code"] = self.failure_code
