@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -694,3 +696,19 @@ def test_hostile_faults_need_their_value(simulator: RunningSimulator) -> None:
         f"{simulator.root_url}/_simulator/faults", json={"target": "create", "kind": "bad_task_id", "value": "x"}
     )
     assert added.json()["faults"][0]["value"] == "x"
+
+
+def test_standalone_simulator_prints_the_environment_to_use_it() -> None:
+    command = [sys.executable, "-c", "from wanx_mcp.simulator import serve; serve(port=0)"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            lines = [process.stderr.readline().strip() for _ in range(5)]
+            env = dict(line.split("=", 1) for line in lines if "=" in line and " " not in line)
+            assert env.keys() == {"DASHSCOPE_HTTP_BASE_URL", "DASHSCOPE_API_KEY", "WANX_DOWNLOAD_HOSTS"}
+            assert env["DASHSCOPE_API_KEY"] == "sk-simulator" and env["WANX_DOWNLOAD_HOSTS"] == "127.0.0.1"
+            headers = {"Authorization": f"Bearer {env['DASHSCOPE_API_KEY']}"}
+            answer = httpx.get(f"{env['DASHSCOPE_HTTP_BASE_URL']}/tasks/{uuid.uuid4()}", headers=headers)
+            assert answer.json()["output"]["task_status"] == "UNKNOWN"
+        finally:
+            process.terminate()
