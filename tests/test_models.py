@@ -204,3 +204,45 @@ def test_readme_model_table_is_the_catalog() -> None:
         "| `wan2.6-i2v-flash` | 720P, 1080P (1080P) | 2-15 | unpublished | `audio_url`, `shot_type`, `audio` |" in table
     )
     assert "| `wan2.2-i2v-flash` | 480P, 720P, 1080P (720P) | 5 | 0.1 / 0.2 / 0.48 | — |" in table
+
+
+# -- end to end against the simulator's own rules -----------------------------------------------------
+
+
+async def test_a_first_and_last_frame_generation_end_to_end(
+    client: Client, wanx: Wanx, image: Path, last_frame: Path, simulator: Any
+) -> None:
+    result = await client.call_tool(
+        "generate_and_wait", {"image": str(image), "last_frame": str(last_frame), "prompt": "the sky darkens"}
+    )
+    assert not result.is_error, text_of(result)
+    task = result.structured_content
+    assert task["status"] == "SUCCEEDED" and task["model"] == "wan2.2-kf2v-flash" and task["resolution"] == "720P"
+    assert task["video_path"] and Path(task["video_path"]).read_bytes()[4:8] == b"ftyp"
+    assert task["image"].startswith(f"file {image}") and task["last_frame"].startswith(f"file {last_frame}")
+    assert task["estimated_cost_cny"] is None
+    stats = simulator.state.stats()
+    record = stats["tasks"][task["task_id"]]
+    assert record["model"] == "wan2.2-kf2v-flash"
+    assert record["input_fields"] == ["first_frame_url", "last_frame_url", "prompt"]
+    creates = [r["path"] for r in stats["requests"] if r["method"] == "POST"]
+    assert creates == ["/api/v1/services/aigc/image2video/video-synthesis"]
+    journaled = wanx.journal.request_of(task["task_id"])
+    assert journaled is not None and journaled["last_frame"] == task["last_frame"]
+    assert "base64" not in json.dumps(journaled)
+
+
+async def test_a_wrong_catalog_entry_is_caught_by_the_simulators_own_rules(
+    client: Client, image: Path, simulator: Any
+) -> None:
+    index = next(i for i, m in enumerate(MODELS) if m.name == "wan2.2-i2v-plus")
+    right = MODELS[index]  # 480P and 1080P only; the wrong entry adds 720P
+    wrong_rule = Rule(choices=("480P", "720P", "1080P"), default="1080P")
+    MODELS[index] = right.model_copy(update={"params": right.params | {"resolution": wrong_rule}})
+    try:
+        arguments = {"image": str(image), "model": "wan2.2-i2v-plus", "resolution": "720P"}
+        result = await client.call_tool("create_video_task", arguments)
+    finally:
+        MODELS[index] = right
+    assert result.is_error and "InvalidParameter" in text_of(result) and "resolution" in text_of(result)
+    assert simulator.state.stats()["tasks_created"] == 0
