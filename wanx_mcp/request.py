@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -21,9 +21,18 @@ from .catalog import (
     get_model,
     models_taking,
 )
-from .errors import InvalidInput
+from .errors import SHOWN_CHARS, InvalidInput
 
-__all__ = ["MAX_SEED", "GenerationArgs", "VideoRequest", "build_request", "generation_args", "invalid_input"]
+__all__ = [
+    "MAX_SEED",
+    "GenerationArgs",
+    "VideoRequest",
+    "build_request",
+    "check_known",
+    "generation_args",
+    "invalid_input",
+    "shown",
+]
 
 #: Bidirectional-text controls, which can make a prompt read differently from what is sent.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -104,22 +113,36 @@ class VideoRequest(BaseModel):
         return {"model": spec.name_in(region), **body}
 
 
+def shown(value: Any) -> Any:
+    """``value`` as an error may repeat it: a scalar as it is, anything else as a short excerpt of its repr."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def check_known(arguments: Mapping[str, Any], names: Iterable[str]) -> None:
+    """InvalidInput naming the first argument not among ``names`` (a misspelling must not be dropped silently)."""
+    valid = list(names)
+    unknown = sorted(set(arguments) - set(valid))
+    if unknown:
+        raise InvalidInput(unknown[0], shown(arguments[unknown[0]]), "unknown argument", valid=valid)
+
+
 def invalid_input(exc: ValidationError) -> InvalidInput:
     """The first error of a failed argument check, as an InvalidInput naming the argument."""
     error = exc.errors()[0]
     argument = ".".join(str(part) for part in error["loc"]) or "arguments"
     if error["type"] == "missing":
         return InvalidInput(argument, None, "is required")
-    return InvalidInput(argument, error.get("input"), error["msg"])
+    return InvalidInput(argument, shown(error.get("input")), error["msg"])
 
 
 def _given(args: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     """The arguments the caller gave (not the defaults), type-checked; InvalidInput naming the first bad one."""
     raw = args.model_dump(exclude_unset=True) if isinstance(args, BaseModel) else dict(args)
     model = generation_args()
-    unknown = sorted(set(raw) - set(model.model_fields))
-    if unknown:
-        raise InvalidInput(unknown[0], raw[unknown[0]], "unknown argument", valid=model.model_fields)
+    check_known(raw, model.model_fields)
     try:
         checked = model.model_validate(raw)
     except ValidationError as exc:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__
 from .catalog import PARAMS
 from .errors import InvalidInput, WanxError
-from .request import generation_args, invalid_input
+from .request import check_known, generation_args, invalid_input
 from .service import ModelInfo, Wanx, check_task_id
 from .tasks import Status, Task
 
@@ -104,9 +104,7 @@ class _CheckedArguments(FuncMetadata):
     def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
         names = {field.alias or name: name for name, field in self.arg_model.model_fields.items()}
         try:
-            unknown = sorted(set(arguments_to_validate) - set(names))
-            if unknown:
-                raise InvalidInput(unknown[0], arguments_to_validate[unknown[0]], "unknown argument", valid=names)
+            check_known(arguments_to_validate, names)
             try:
                 parsed = self.arg_model.model_validate(self.pre_parse_json(arguments_to_validate))
             except ValidationError as exc:
