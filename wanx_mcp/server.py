@@ -35,7 +35,8 @@ MAX_WAIT_SECONDS = 3600.0
 MAX_VIDEO_RESOURCE_BYTES = 32 * 1024 * 1024
 
 INSTRUCTIONS = """\
-Turns a still image plus a text prompt into a short video with Alibaba Cloud DashScope's Wan models.
+Turns a still image plus a text prompt into a short video with Alibaba Cloud DashScope's Wan models
+(with last_frame: a video from that first frame to that last frame).
 Generation is asynchronous, takes 1-5 minutes and is paid per second of video (see list_models for prices).
 Use generate_and_wait for one video: it waits up to wait_seconds and, if the video is not ready by then,
 returns the still-running task with a hint; then call get_task(task_id, wait_seconds=50) until it is final.
