@@ -67,8 +67,11 @@ def test_templates() -> None:
     assert request.payload("u")["input"] == {"img_url": "u", "template": "melt"}
     assert "prompt is ignored" in request.notes[0]
     reject("not supported by wanx2.1-i2v-turbo", model="wanx2.1-i2v-turbo", template="melt")
-    reject("wan2.2-i2v-plus does not take template; models that do: wanx2.1-i2v-plus, wanx2.1-i2v-turbo",
-           model="wan2.2-i2v-plus", template="flying")
+    reject(
+        "wan2.2-i2v-plus does not take template; models that do: wanx2.1-i2v-plus, wanx2.1-i2v-turbo",
+        model="wan2.2-i2v-plus",
+        template="flying",
+    )
 
 
 def test_text_limits() -> None:
@@ -119,4 +122,3 @@ def test_audio_and_shot_type_only_where_supported() -> None:
 
 def test_wan26_notes_missing_actual_prompt() -> None:
     assert any("actual_prompt" in n for n in build_request({"image": "x.png", "model": "wan2.6-i2v"}).notes)
-

@@ -1,4 +1,6 @@
-"""The Wan image-to-video models as data: adding a model is one entry in ``MODELS``.
+"""The Wan image-to-video models as data: adding a model is one entry in ``MODELS``; adding an argument is one
+``Param`` in ``PARAMS`` plus a ``Rule`` in the models that take it. Validation (``request``), the DashScope body,
+the MCP tools' arguments, the CLI's flags, ``list_models``, the README's table and the cost estimate follow.
 
 Figures come from ``shared/dashscope-wan-i2v.md`` (Alibaba Cloud Model Studio docs, 2026).
 """
@@ -53,6 +55,8 @@ TEMPLATES_KF2V = ("hanfu-1", "solaron", "magazine", "mech1", "mech2")
 
 
 MAX_SEED = 2_147_483_647
+DEFAULT_MODEL = "wan2.2-i2v-flash"
+DEFAULT_KF2V_MODEL = "wan2.2-kf2v-flash"
 
 I2V_PATH = "services/aigc/video-generation/video-synthesis"
 KF2V_PATH = "services/aigc/image2video/video-synthesis"
@@ -100,8 +104,8 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param(name="image", type=str, required=True, image=True,
           description="First frame: http(s) URL, data: URI, local path or file:// URI"),
     Param(name="prompt", type=str, target="input.prompt", text=True, description="Motion, camera, style"),
-    Param(name="model", type=str, default="wan2.2-i2v-flash",
-          description="See list_models; wan2.2-i2v-flash, or wan2.2-kf2v-flash with last_frame"),
+    Param(name="model", type=str, default=DEFAULT_MODEL,
+          description=f"See list_models; {DEFAULT_MODEL}, or {DEFAULT_KF2V_MODEL} with last_frame"),
     Param(name="last_frame", type=str, image=True, description="Last frame, same forms as image (kf2v models)"),
     Param(name="negative_prompt", type=str, target="input.negative_prompt", text=True, description="What to avoid"),
     Param(name="template", type=str, target="input.template", replaces=("prompt",),
@@ -316,9 +320,6 @@ MODELS: list[ModelSpec] = [
         typical_seconds=120,
     ),
 ]
-
-DEFAULT_MODEL = "wan2.2-i2v-flash"
-DEFAULT_KF2V_MODEL = "wan2.2-kf2v-flash"
 
 
 def get_model(name: str) -> ModelSpec:

@@ -21,7 +21,7 @@ from .dashscope import DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .journal import Journal
-from .request import GenerationArgs, VideoRequest, build_request
+from .request import VideoRequest, build_request
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
 from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
 
@@ -240,7 +240,7 @@ class Wanx:
     async def _prepared_urls(self, request: VideoRequest) -> dict[str, str]:
         return {slot: image.img_url for slot, image in (await self._prepare(request)).items()}
 
-    async def create(self, args: GenerationArgs | dict[str, Any]) -> Task:
+    async def create(self, args: BaseModel | Mapping[str, Any]) -> Task:
         """Validate, prepare the image, submit, journal and start following; returns the PENDING task."""
         request = build_request(args)
         images = await self._prepare(request)
@@ -315,7 +315,7 @@ class Wanx:
         return self._present(task)
 
     async def generate(
-        self, args: GenerationArgs | dict[str, Any], wait_seconds: float, progress: ProgressListener | None = None
+        self, args: BaseModel | Mapping[str, Any], wait_seconds: float, progress: ProgressListener | None = None
     ) -> Task:
         """Create a task and wait for it (bounded by ``wait_seconds``)."""
         task = await self.create(args)
