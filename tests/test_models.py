@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from mcp import Client
 from PIL import Image
-from support import settings_for
+from support import WANX, isolated_env, settings_for
 
 from wanx_mcp.catalog import I2V_PATH, KF2V_PATH, MODELS, PARAMS, ModelSpec, Param, Rule, model_table, registered, rules
 from wanx_mcp.catalog import WAN_21_22 as FAMILY
@@ -246,3 +247,20 @@ async def test_a_wrong_catalog_entry_is_caught_by_the_simulators_own_rules(
         MODELS[index] = right
     assert result.is_error and "InvalidParameter" in text_of(result) and "resolution" in text_of(result)
     assert simulator.state.stats()["tasks_created"] == 0
+
+
+def cli_generate(tmp_path: Path, last_frame: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    first = tmp_path / "first.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(first)
+    command = [*WANX, "generate", str(first), "dusk falls", "--last-frame", str(last_frame), "--simulate", *extra]
+    env = isolated_env(tmp_path, WANX_SIMULATOR_SPEED="100")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_the_cli_makes_a_first_and_last_frame_video(tmp_path: Path, last_frame: Path) -> None:
+    done = cli_generate(tmp_path, last_frame, "--json")
+    assert done.returncode == 0, done.stderr
+    task = json.loads(done.stdout)
+    assert task["model"] == "wan2.2-kf2v-flash" and task["status"] == "SUCCEEDED"
+    assert task["last_frame"].startswith(f"file {last_frame}")
