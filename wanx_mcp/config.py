@@ -40,6 +40,8 @@ class Settings:
     time_scale: float = 1.0
     database_url: str | None = field(default=None, repr=False)
     lease_ttl: float = 30.0
+    #: ``WANX_BUDGET_CNY``: the most the submissions of any rolling 24 hours may cost (estimated); None: no limit.
+    budget_cny: float | None = None
 
     @property
     def videos_dir(self) -> Path:
@@ -113,7 +115,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         simulator_speed=_number(env, "WANX_SIMULATOR_SPEED", defaults.simulator_speed),
         database_url=_database_url(env.get("WANX_DATABASE_URL")),
         lease_ttl=_number(env, "WANX_LEASE_TTL", defaults.lease_ttl),
+        budget_cny=_budget(env.get("WANX_BUDGET_CNY")),
     )
+
+
+def _budget(value: str | None) -> float | None:
+    """``WANX_BUDGET_CNY``: unset or empty for no limit, else a non-negative amount of CNY."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise InvalidInput("WANX_BUDGET_CNY", value, "must be an amount of CNY such as 50") from None
+    if not budget >= 0 or budget == float("inf"):
+        raise InvalidInput("WANX_BUDGET_CNY", value, "must be a finite amount of CNY, 0 or more")
+    return budget
 
 
 def _database_url(value: str | None) -> str | None:

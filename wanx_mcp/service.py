@@ -16,7 +16,7 @@ import anyio
 import httpx
 from pydantic import BaseModel, Field
 
-from .catalog import MODELS, ModelSpec, RateLimit, get_model
+from .catalog import MODELS, ModelSpec, RateLimit, budget_price, get_model
 from .config import Settings, load_settings
 from .dashscope import DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
@@ -277,9 +277,8 @@ class Wanx:
                 else functools.partial(self._prepared_urls, request))  # fmt: skip
         del images
         journaled = request.model_dump(exclude=set(described)) | described
-        submission = await self.store.record_submission(
-            request.model, journaled, owner=self.watcher.owner, estimated_cost_cny=request.estimated_cost_cny
-        )
+        submission, budget_notes = await self._record_submission(request, journaled)
+        changes += budget_notes
         try:
             response = await self.client.create_task(request, urls)
         except WanxError as exc:
@@ -303,6 +302,24 @@ class Wanx:
                 f"written again. Do not resubmit (that pays twice): call get_task(task_id='{task.task_id}') later."
             ) from exc
         return await self._present(task)
+
+    async def _record_submission(self, request: VideoRequest, journaled: dict[str, Any]) -> tuple[int, list[str]]:
+        """Journal the submission about to be sent; with ``WANX_BUDGET_CNY``, only if it fits the budget (else
+        BudgetExceeded, nothing written). Returns its id and the notes the task gets about how it was counted."""
+        cost, conservative = budget_price(request.spec, request.resolution, request.duration)
+        budget = self.settings.budget_cny
+        if budget is None:
+            submission = await self.store.record_submission(
+                request.model, journaled, owner=self.watcher.owner, estimated_cost_cny=cost
+            )
+            return submission, []
+        submission = await self.store.reserve_submission(
+            request.model, journaled, owner=self.watcher.owner, estimated_cost_cny=cost, budget=budget
+        )
+        if not conservative:
+            return submission, []
+        return submission, [f"counted as {cost:g} CNY against WANX_BUDGET_CNY: {request.model}'s price is unpublished, "
+                            f"so the highest published price of a {request.resolution} {request.duration} s video"]
 
     async def _journal_created(self, task: Task, journaled: dict[str, Any], submission: int) -> None:
         await self.watcher.claim(task.task_id)

@@ -38,20 +38,42 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import WanxError
-from ..tasks import Status, Task
+from ..errors import BudgetExceeded, WanxError
+from ..tasks import Status, Task, iso
 
 #: Outcomes of a submission (see the module docstring).
 SUBMISSION_OUTCOMES = ("sent", "created", "failed", "ambiguous", "recovered")
+#: The rolling window of ``WANX_BUDGET_CNY``.
+BUDGET_WINDOW = timedelta(hours=24)
+#: Slack when comparing amounts of CNY, so float rounding does not refuse a submission that fits exactly.
+CNY_EPSILON = 1e-9
 
 
 class JournalError(WanxError):
     """The task store cannot be opened or written."""
 
     code = "JournalError"
+
+
+def over_budget(counted: list[tuple[datetime, float]], cost: float, budget: float,
+                window: timedelta = BUDGET_WINDOW) -> BudgetExceeded | None:  # fmt: skip
+    """The refusal of a submission costing ``cost`` when ``counted`` (send time and estimate of the submissions in
+    the window, oldest first) are spent already, or None if it fits within ``budget``. Its ``frees_at`` is when
+    enough of them leave the window for it to fit."""
+    spent = sum(amount for _, amount in counted)
+    if spent + cost <= budget + CNY_EPSILON:
+        return None
+    frees_at, left = None, spent
+    if cost <= budget + CNY_EPSILON:
+        for sent_at, amount in counted:
+            left -= amount
+            if left + cost <= budget + CNY_EPSILON:
+                frees_at = iso(sent_at + window)
+                break
+    return BudgetExceeded(cost, round(spent, 4), budget, frees_at)
 
 
 def new_owner_id() -> str:
@@ -196,6 +218,13 @@ class TaskStore(ABC):
     async def record_submission(self, model: str, request: dict[str, Any], *, owner: str,
                                 estimated_cost_cny: float | None = None) -> int:  # fmt: skip
         """Journal a create about to be sent (outcome ``sent``, ``sent_at`` now); returns its id."""
+
+    @abstractmethod
+    async def reserve_submission(self, model: str, request: dict[str, Any], *, owner: str, estimated_cost_cny: float,
+                                 budget: float, window: timedelta = BUDGET_WINDOW) -> int:  # fmt: skip
+        """Like :meth:`record_submission`, in one transaction with the budget check that makes it atomic across
+        processes: if the spend :meth:`spend_since` counts over the last ``window`` plus ``estimated_cost_cny``
+        exceeds ``budget``, raise :class:`BudgetExceeded` (from :func:`over_budget`) and write nothing."""
 
     @abstractmethod
     async def finish_submission(self, submission_id: int, outcome: str, *, task_id: str | None = None,

@@ -12,14 +12,23 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
-from ..tasks import Status, Task, iso, utcnow
-from .base import SUBMISSION_OUTCOMES, JournalError, Lease, Record, Submission, TaskStore
+from ..tasks import Status, Task, iso, parse_iso, utcnow
+from .base import (
+    BUDGET_WINDOW,
+    SUBMISSION_OUTCOMES,
+    JournalError,
+    Lease,
+    Record,
+    Submission,
+    TaskStore,
+    over_budget,
+)
 
 T = TypeVar("T")
 
@@ -66,6 +75,11 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+#: The submissions sent from ``?`` on that count against the budget (not failed, their task not FAILED or CANCELED).
+COUNTED_SPEND = (
+    "FROM submissions s LEFT JOIN tasks t ON t.task_id = s.task_id WHERE s.sent_at >= ? AND s.outcome != 'failed'"
+    " AND (t.status IS NULL OR t.status NOT IN ('FAILED', 'CANCELED'))"
+)
 LIVE_OWNERS = "SELECT owner FROM owners WHERE expires > :now"
 #: A slot is in use unless its hold expired, or it is an in-flight create of an owner that lapsed.
 SLOT_IN_USE = (
@@ -333,14 +347,25 @@ class SQLiteStore(TaskStore):
 
     async def record_submission(self, model: str, request: dict[str, Any], *, owner: str,
                                 estimated_cost_cny: float | None = None) -> int:  # fmt: skip
-        def insert(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "INSERT INTO submissions (sent_at, model, request, owner, estimated_cost_cny) VALUES (?, ?, ?, ?, ?)",
-                (iso(utcnow()), model, json.dumps(request), owner, estimated_cost_cny),
-            )
-            return int(cursor.lastrowid or 0)
+        return await self._run(
+            lambda db: _insert_submission(db, model, request, owner, estimated_cost_cny), write=True
+        )
 
-        return await self._run(insert, write=True)
+    async def reserve_submission(self, model: str, request: dict[str, Any], *, owner: str, estimated_cost_cny: float,
+                                 budget: float, window: timedelta = BUDGET_WINDOW) -> int:  # fmt: skip
+        def reserve(db: sqlite3.Connection) -> int:  # BEGIN IMMEDIATE: no other process writes meanwhile
+            rows = db.execute(
+                f"SELECT s.sent_at, s.estimated_cost_cny {COUNTED_SPEND} AND s.estimated_cost_cny IS NOT NULL"
+                " ORDER BY s.sent_at",
+                (iso(utcnow() - window),),
+            ).fetchall()
+            counted = [(parse_iso(row[0]) or utcnow(), float(row[1])) for row in rows]
+            refusal = over_budget(counted, estimated_cost_cny, budget, window)
+            if refusal is not None:
+                raise refusal
+            return _insert_submission(db, model, request, owner, estimated_cost_cny)
+
+        return await self._run(reserve, write=True)
 
     async def finish_submission(self, submission_id: int, outcome: str, *, task_id: str | None = None,
                                 error: str | None = None) -> None:  # fmt: skip
@@ -393,14 +418,8 @@ class SQLiteStore(TaskStore):
         return await self._run(claim, write=True)
 
     async def spend_since(self, moment: datetime) -> float:
-        row = await self._run(
-            lambda db: db.execute(
-                "SELECT COALESCE(SUM(s.estimated_cost_cny), 0) FROM submissions s LEFT JOIN tasks t"
-                " ON t.task_id = s.task_id WHERE s.sent_at >= ? AND s.outcome != 'failed'"
-                " AND (t.status IS NULL OR t.status NOT IN ('FAILED', 'CANCELED'))",
-                (iso(moment),),
-            ).fetchone()
-        )
+        query = f"SELECT COALESCE(SUM(s.estimated_cost_cny), 0) {COUNTED_SPEND}"
+        row = await self._run(lambda db: db.execute(query, (iso(moment),)).fetchone())
         return float(row[0])
 
     # ---- owners and leases ---------------------------------------------------------------------------
@@ -589,6 +608,15 @@ class SQLiteStore(TaskStore):
             return max(sent[1] + window - now, EPSILON)
 
         return await self._run(reserve, write=True)
+
+
+def _insert_submission(db: sqlite3.Connection, model: str, request: dict[str, Any], owner: str,
+                       estimated_cost_cny: float | None) -> int:  # fmt: skip
+    cursor = db.execute(
+        "INSERT INTO submissions (sent_at, model, request, owner, estimated_cost_cny) VALUES (?, ?, ?, ?, ?)",
+        (iso(utcnow()), model, json.dumps(request), owner, estimated_cost_cny),
+    )
+    return int(cursor.lastrowid or 0)
 
 
 def _bump(db: sqlite3.Connection, family: str) -> None:
