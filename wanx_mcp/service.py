@@ -230,10 +230,10 @@ class Wanx:
             client.refresh_holders = watcher.refresh
             failure: BaseException | None = None
             async with anyio.create_task_group() as group:
-                await group.start(watcher.run)
-                wanx = cls(settings, client, store, watcher)
-                group.start_soon(wanx._recover_forever)
                 try:
+                    await group.start(watcher.run)  # e.g. a damaged journal: its JournalError, not a group of it
+                    wanx = cls(settings, client, store, watcher)
+                    group.start_soon(wanx._recover_forever)
                     yield wanx
                 except BaseException as exc:  # re-raised below, outside the group, so it is not wrapped
                     failure = exc

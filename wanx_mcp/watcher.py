@@ -48,6 +48,9 @@ RENEW_EVERY = 10.0
 DOWNLOAD_FAILED = "download failed"
 RETRYING = "retrying until the link expires"
 LINK_EXPIRED = "video link expired"
+#: Seconds before a follow loop that failed unexpectedly is tried again, doubling up to FOLLOW_MAX_BACKOFF.
+FOLLOW_BACKOFF = 0.5
+FOLLOW_MAX_BACKOFF = 60.0
 #: Seconds an estimate of generation time is reused before the store's history is read again.
 ESTIMATE_FOR = 5.0
 
@@ -149,10 +152,11 @@ class Watcher:
         await self._store.heartbeat(self.owner, self.lease_ttl, time.time())
         await self._reap()
         await self._sweep()
+        resume = await self._store.unfinished(unleased_at=time.time())  # a failure here is the caller's, unwrapped
         try:
             async with anyio.create_task_group() as group:
                 self._group = group
-                for task in await self._store.unfinished(unleased_at=time.time()):
+                for task in resume:
                     self.follow(task)
                 task_status.started()
                 while True:
@@ -275,17 +279,25 @@ class Watcher:
         return updated
 
     async def _follow(self, task: Task) -> None:
+        """Follow ``task`` to its end while holding its lease. A WanxError stops this loop (the scan for unfollowed
+        tasks starts it again); any other exception is logged once and the loop retried with backoff, and never
+        reaches the task group that every other task's loop runs in."""
         task_id = task.task_id
         try:
             if not await self.claim(task_id):
                 return  # another process follows it; the scan takes it over should that one die
             with anyio.CancelScope() as scope:
                 self._scopes[task_id] = scope
-                if not task.is_final:
-                    await self._client.limiter.track(task_id, get_model(task.model).rate_limit.family)
-                task = await self._poll_until_final(task_id)
-                if task.status is Status.SUCCEEDED and self._settings.download and not task.video_path:
-                    await self._download(task)
+                for failures in itertools.count(1):
+                    try:
+                        await self._see_through(task)
+                        return
+                    except WanxError:
+                        raise
+                    except Exception:  # a bug, or a surprise from a collaborator: this task only, tried again
+                        if failures == 1:
+                            log.exception("following %s failed unexpectedly; retrying with backoff", task_id)
+                        await anyio.sleep(min(FOLLOW_BACKOFF * 2 ** min(failures - 1, 20), FOLLOW_MAX_BACKOFF))
         except WanxError as exc:
             log.error("stopped following %s: %s", task_id, exc)
         finally:
@@ -297,6 +309,14 @@ class Watcher:
                         await self._store.release_lease(task_id, self.owner)
                     except WanxError as exc:  # it lapses by itself
                         log.warning("could not release the watch lease of %s: %s", task_id, exc)
+
+    async def _see_through(self, task: Task) -> None:
+        """Poll ``task`` until it is final, then save its video (each step safe to repeat)."""
+        if not task.is_final:
+            await self._client.limiter.track(task.task_id, get_model(task.model).rate_limit.family)
+        task = await self._poll_until_final(task.task_id)
+        if task.status is Status.SUCCEEDED and self._settings.download and not task.video_path:
+            await self._download(task)
 
     async def _poll_until_final(self, task_id: str) -> Task:
         estimate: Estimate | None = None

@@ -36,6 +36,8 @@ T = TypeVar("T")
 POLL = 0.1
 #: Seconds a write waits for another process's transaction before failing.
 BUSY_TIMEOUT = 10.0
+#: SQLite's primary result codes of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB.
+DAMAGED = (11, 26)
 #: Slack when comparing times, so float rounding does not move a send out of its window.
 EPSILON = 1e-6
 
@@ -143,8 +145,23 @@ class SQLiteStore(TaskStore):
     def _errors(self, doing: str) -> Iterator[None]:
         try:
             yield
+        except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in DAMAGED:
+                raise JournalError(f"JournalError: cannot {doing} the task journal at {self.location}: {exc}") from exc
+            raise self._damaged(str(exc)) from exc
+        except ValueError as exc:  # a record that does not parse (JSON, or a Task it no longer is)
+            raise self._damaged(f"a record does not parse: {str(exc).splitlines()[0]}") from exc
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"JournalError: cannot {doing} the task journal at {self.location}: {exc}") from exc
+
+    def _damaged(self, detail: str) -> JournalError:
+        """The error of a journal that cannot be read as one: where it is, what is wrong, what to do (one line)."""
+        return JournalError(
+            f"JournalError: the task journal at {self.location} is damaged ({detail}). Move it aside (rename it, "
+            f"e.g. to {self.path.name}.broken, with its -wal and -shm files) and start wanx-mcp again: it makes a new "
+            "empty journal; then list_tasks with a start_time lists the account's tasks of the last 24 hours from "
+            "DashScope again (get_task shows any of them, and its video_url stays valid for 24 hours)."
+        )
 
     async def open(self) -> None:
         def connect() -> None:
@@ -265,8 +282,9 @@ class SQLiteStore(TaskStore):
         return await self._tasks(query + " ORDER BY created_at", params)
 
     async def _tasks(self, query: str, params: tuple[Any, ...]) -> list[Task]:
-        rows = await self._run(lambda db: db.execute(query, params).fetchall())
-        return [Task.model_validate_json(row["data"]) for row in rows]
+        return await self._run(
+            lambda db: [Task.model_validate_json(row["data"]) for row in db.execute(query, params).fetchall()]
+        )
 
     async def events(self, task_id: str) -> list[tuple[str, str]]:
         rows = await self._run(
@@ -380,14 +398,15 @@ class SQLiteStore(TaskStore):
         )
 
     async def _submissions(self, where: str, params: dict[str, Any], order: str, limit: int = -1) -> list[Submission]:
-        rows = await self._run(
-            lambda db: db.execute(
+        def read(db: sqlite3.Connection) -> list[Submission]:
+            rows = db.execute(
                 "SELECT id, sent_at, model, request, outcome, owner, task_id, error, estimated_cost_cny"
                 f" FROM submissions WHERE {where} ORDER BY id {order} LIMIT :limit",
                 params | {"limit": limit},
             ).fetchall()
-        )
-        return [Submission(**(dict(row) | {"request": json.loads(row["request"])})) for row in rows]
+            return [Submission(**(dict(row) | {"request": json.loads(row["request"])})) for row in rows]
+
+        return await self._run(read)
 
     async def submissions(self, outcome: str | None = None, limit: int = 50) -> list[Submission]:
         where = "outcome = :outcome" if outcome else "1"
