@@ -1,10 +1,12 @@
 """The MCP server: thin wiring of the Wanx library to MCP tools, resources and a prompt."""
 
 
+import base64
 import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio
@@ -13,14 +15,15 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
 from .errors import WanxError
+from .media import VideoError
 from .request import GenerationArgs
 from .service import ModelInfo, Wanx, check_task_id
-from .tasks import Task
+from .tasks import Status, Task
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,16 @@ CANCELS = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHi
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: A Task as structured output, with the Task JSON as text and, when there is one, the preview image.
+TaskResult = Annotated[CallToolResult, Task]
+PreviewArg = Annotated[
+    bool,
+    Field(
+        description="With a SUCCEEDED task whose video is saved, also return a contact sheet of its frames "
+        "(a JPEG with timestamps) to check what the video shows"
+    ),
+]
+
 
 class TaskList(BaseModel):
     tasks: list[Task]
@@ -66,9 +79,10 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., Awaitable[Task]]:
+def _with_generation_args(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Give ``fn(ctx, args: GenerationArgs, **rest)`` a flat signature: GenerationArgs' fields, then ``rest``."""
-    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "args"]
+    signature = inspect.signature(fn)
+    own = [p for name, p in signature.parameters.items() if name != "args"]
     generation = [
         inspect.Parameter(
             name,
@@ -80,13 +94,14 @@ def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., A
     ]
 
     @functools.wraps(fn)
-    async def wrapper(**kwargs: Any) -> Task:
+    async def wrapper(**kwargs: Any) -> R:
         args = GenerationArgs(**{name: kwargs.pop(name) for name in GenerationArgs.model_fields if name in kwargs})
         return await fn(args=args, **kwargs)
 
     params = [*generation, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
-    wrapper.__signature__ = inspect.Signature(params, return_annotation=Task)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": Task}
+    returns = signature.return_annotation
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
     return wrapper
 
 
@@ -123,6 +138,25 @@ def build_server(wanx: Wanx) -> MCPServer:
 
     wanx.watcher.on_change = publish
 
+    async def preview_image(task: Task) -> ImageContent | None:
+        """The contact sheet of a SUCCEEDED task's saved video, if it can be had."""
+        if task.status is not Status.SUCCEEDED or not task.video_path:
+            return None
+        try:
+            sheet = await wanx.media.preview(Path(task.video_path))
+        except (VideoError, OSError) as exc:
+            log.warning("no preview for %s: %s", task.task_id, exc)
+            return None
+        return ImageContent(type="image", data=base64.b64encode(sheet).decode("ascii"), mime_type="image/jpeg")
+
+    async def task_result(task: Task, preview: bool) -> CallToolResult:
+        """``task`` as structured output and JSON text, followed by its preview image when asked and enabled."""
+        content: list[ContentBlock] = [TextContent(type="text", text=task.model_dump_json(indent=2))]
+        image = await preview_image(task) if preview and wanx.settings.preview else None
+        if image is not None:
+            content.append(image)
+        return CallToolResult(content=content, structured_content=task.model_dump(mode="json"))
+
     def check_wait(wait_seconds: float) -> float:
         if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
             raise ToolError(f"InvalidInput: wait_seconds={wait_seconds!r}: must be between 0 and {MAX_WAIT_SECONDS:g}")
@@ -158,14 +192,16 @@ def build_server(wanx: Wanx) -> MCPServer:
                 "If the video is not ready by then the running task comes back with a hint; nothing is lost."
             ),
         ] = wait_default,
-    ) -> Task:
+        preview: PreviewArg = True,
+    ) -> TaskResult:
         """Submit a video generation (paid per second of video) and wait for the result, with progress.
 
-        Returns the final task (video_path is the downloaded MP4) or, when wait_seconds run out first, the
-        still-running task: then call get_task(task_id, wait_seconds=50). Do not resubmit: that pays twice.
+        Returns the final task (video_path is the downloaded MP4, with a contact sheet of its frames) or, when
+        wait_seconds run out first, the still-running task: then call get_task(task_id, wait_seconds=50).
+        Do not resubmit: that pays twice.
         """
         task = await wanx.generate(args, check_wait(wait_seconds), _progress_reporter(ctx))
-        return task
+        return await task_result(task, preview)
 
     @server.tool(
         title="Get (and optionally wait for) a task",
@@ -178,12 +214,15 @@ def build_server(wanx: Wanx) -> MCPServer:
         wait_seconds: Annotated[
             float, Field(description="Wait up to this many seconds for the task to finish (0: answer at once)")
         ] = 0,
-    ) -> Task:
-        """The task's status and results (video_url, video_path, actual_prompt, usage, error_code).
+        preview: PreviewArg = True,
+    ) -> TaskResult:
+        """The task's status and results (video_url, video_path, video facts, actual_prompt, usage, error_code),
+        with a contact sheet of the video's frames once it is saved.
 
         Answers from the server's journal; with wait_seconds > 0 waits for the final result, with progress.
         """
-        return await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx))
+        task = await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx))
+        return await task_result(task, preview)
 
     @server.tool(
         title="Cancel a pending task",
@@ -247,16 +286,28 @@ def build_server(wanx: Wanx) -> MCPServer:
             raise ResourceNotFoundError(f"No task {task_id} in the journal")
         return task
 
+    async def saved_video(task_id: str) -> anyio.Path:
+        task = journaled(task_id)
+        if not task.video_path or not await anyio.Path(task.video_path).is_file():
+            raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
+        return anyio.Path(task.video_path)
+
     @server.resource("wanx://tasks/{task_id}", mime_type="application/json", title="One task")
     async def task_resource(task_id: str) -> str:
         return journaled(task_id).model_dump_json(indent=2)
 
     @server.resource("wanx://tasks/{task_id}/video", mime_type="video/mp4", title="A task's video")
     async def video_resource(task_id: str) -> bytes:
-        task = journaled(task_id)
-        if not task.video_path or not await anyio.Path(task.video_path).is_file():
-            raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
-        return await anyio.Path(task.video_path).read_bytes()
+        return await (await saved_video(task_id)).read_bytes()
+
+    @server.resource("wanx://tasks/{task_id}/preview", mime_type="image/jpeg", title="A task's video, frame by frame")
+    async def preview_resource(task_id: str) -> bytes:
+        """A contact sheet of the saved video: frames spread over it, each with its time."""
+        video = await saved_video(task_id)
+        try:
+            return await wanx.media.preview(Path(video))
+        except (VideoError, OSError) as exc:
+            raise ResourceNotFoundError(f"Task {task_id} has no preview: {exc}") from exc
 
     @server.prompt(title="Write a motion prompt")
     async def motion_prompt(

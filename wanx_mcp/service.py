@@ -21,6 +21,7 @@ from .dashscope import DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .journal import Journal
+from .media import Media
 from .request import GenerationArgs, VideoRequest, build_request
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
 from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
@@ -166,11 +167,19 @@ def check_task_id(task_id: str) -> str:
 class Wanx:
     """Submits and follows video tasks; open one with ``async with Wanx.open(settings) as wanx``."""
 
-    def __init__(self, settings: Settings, client: DashScopeClient, journal: Journal, watcher: Watcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: DashScopeClient,
+        journal: Journal,
+        watcher: Watcher,
+        media: Media | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.journal = journal
         self.watcher = watcher
+        self.media = media or Media()
 
     @classmethod
     @asynccontextmanager
@@ -196,13 +205,16 @@ class Wanx:
             stack.callback(journal.close)
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **(client_options or {})))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
-            watcher = Watcher(client, journal, settings, downloads, on_change=on_change)
+            media = Media()
+            watcher = Watcher(
+                client, journal, settings, downloads, on_change=on_change, check_video=media.check_download
+            )
             client.refresh_holders = watcher.refresh
             failure: BaseException | None = None
             async with anyio.create_task_group() as group:
                 await group.start(watcher.run)
                 try:
-                    yield cls(settings, client, journal, watcher)
+                    yield cls(settings, client, journal, watcher, media)
                 except BaseException as exc:  # re-raised below, outside the group, so it is not wrapped
                     failure = exc
                 finally:

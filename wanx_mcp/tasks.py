@@ -37,6 +37,17 @@ def parse_iso(text: str | None) -> datetime | None:
     return None if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+class VideoFacts(BaseModel):
+    """What the saved MP4 turned out to be (probed after download)."""
+
+    width: int = Field(description="pixels")
+    height: int = Field(description="pixels")
+    duration_s: float = Field(description="seconds")
+    fps: float = Field(description="frames per second")
+    codec: str = Field(description="video codec, e.g. h264")
+    bytes: int = Field(description="file size")
+
+
 class Task(BaseModel):
     """One video generation as wanx-mcp knows it."""
 
@@ -55,6 +66,7 @@ class Task(BaseModel):
     video_url: str | None = Field(None, description="DashScope's link to the MP4; expires 24 hours after generation")
     video_url_expires_at: str | None = Field(None, description="ISO 8601 UTC")
     video_path: str | None = Field(None, description="the downloaded MP4 on this machine, once downloaded")
+    video: VideoFacts | None = Field(None, description="size, length, frame rate and codec of the saved video")
     orig_prompt: str | None = None
     actual_prompt: str | None = Field(None, description="the prompt after DashScope's rewrite (prompt_extend)")
     usage: dict[str, Any] | None = Field(None, description="billing usage as DashScope reports it")
