@@ -35,7 +35,9 @@ Generation is asynchronous, takes 1-5 minutes and is paid per second of video (s
 Use generate_and_wait for one video: it waits up to wait_seconds and, if the video is not ready by then,
 returns the still-running task with a hint; then call get_task(task_id, wait_seconds=50) until it is final.
 The server keeps watching every task and downloads the finished MP4 (video_path) before DashScope's link
-expires (24 h), even if your call was cancelled. Never resubmit a task just because a wait ran out: that
+expires (24 h), even if your call was cancelled. A finished task comes with a contact sheet of the video's
+frames (an image) to check that it shows what was asked; `video` gives its size, length and frame rate, and
+notes say where it contradicts the request. Never resubmit a task just because a wait ran out: that
 costs money twice. Errors start with a code: InvalidInput means nothing was sent (fix the named argument).
 """
 
