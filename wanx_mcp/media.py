@@ -93,8 +93,10 @@ def examine(path: Path, picks: int = SHEET_FRAMES) -> Examined:
                 width=stream.width, height=stream.height, duration_s=round(seconds or count / (fps or 1), 3),
                 fps=round(fps, 3), codec=stream.codec_context.name, bytes=path.stat().st_size,
             )  # fmt: skip
-    except (av.FFmpegError, IndexError) as exc:  # IndexError: a damaged index (moov)
-        raise VideoError(f"it does not decode ({type(exc).__name__}: {exc})") from exc
+    except av.FFmpegError as exc:  # its message would name the file: the reason only
+        raise VideoError(f"it does not decode ({exc.strerror})") from exc
+    except IndexError as exc:  # a damaged index (moov)
+        raise VideoError("it does not decode (damaged index)") from exc
     return Examined(facts, frames)
 
 
