@@ -1,9 +1,10 @@
 """The simulator's result video: an H.264 MP4 made from the submitted image(s).
 
-``render_video`` fills the requested size with ``first`` (centre-cropped to the aspect ratio), pushes in
-slowly with a slight pan and, when ``last`` is given, cross-fades into it so that the clip ends exactly on
-``last``. Frames are drawn with Pillow at the target size and encoded with libx264 (ultrafast, yuv420p)
-into an MP4 whose index (moov) comes first, so browsers can play it while it downloads.
+``render_video`` fills the requested size with ``first`` (scaled to cover it, centred), pans slowly across
+it and, when ``last`` is given, cross-fades into it so that the clip ends exactly on ``last``. For speed the
+images are converted to YUV once; each frame is then a crop (and during the fade a blend) of those planes,
+encoded with libx264 (ultrafast, yuv420p) into an MP4 whose index (moov) comes first, so browsers can
+play it while it downloads.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from fractions import Fraction
 import av
 from PIL import Image
 
-PUSH_IN = 0.10
-"""How much narrower the view of ``first`` is at the end of the clip than at its start."""
-PAN = 0.03
-"""How far (as a fraction of the width) the view drifts sideways while pushing in."""
+PAN = 0.10
+"""How far the view of ``first`` moves across it over the clip, as a fraction of the frame's width."""
 FADE = (0.35, 0.85)
 """The part of the clip (as fractions of its length) over which ``first`` cross-fades into ``last``."""
-MARGIN = 1.15
-"""The prepared source is this much larger than the frame, so that cropping into it stays sharp."""
+
+Planes = tuple[Image.Image, Image.Image, Image.Image]
+"""An image as its Y, U and V planes (yuv420p: U and V at half the size), each an "L" image."""
 
 
 def render_video(
@@ -36,8 +36,9 @@ def render_video(
     count = round(seconds * fps)
     if count < 1:
         raise ValueError(f"{seconds} s at {fps} fps makes no frame")
-    start = _fit(first, width, height)
-    end = _fit(last, width, height) if last is not None else None
+    span, rise = _even(width * PAN), _even(height * PAN)
+    start = _planes(_cover(first, width + span, height + rise))
+    end = _planes(_cover(last, width, height)) if last is not None else None
     fd, path = tempfile.mkstemp(suffix=".mp4", prefix="wanx-render-")
     os.close(fd)
     try:
@@ -47,8 +48,8 @@ def render_video(
             stream.time_base = Fraction(1, fps)
             stream.options = {"preset": "ultrafast", "crf": "23"}
             for index in range(count):
-                image = _frame(start, end, index / max(count - 1, 1), width, height)
-                frame = av.VideoFrame.from_image(image)
+                t = index / max(count - 1, 1)
+                frame = _frame(start, end, t, (_even(span * _smooth(t)), rise // 2), width, height)
                 frame.pts = index
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -58,8 +59,18 @@ def render_video(
         os.unlink(path)
 
 
-def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    """``image`` centre-cropped to the frame's aspect ratio and scaled to ``MARGIN`` times the frame."""
+def _even(value: float) -> int:
+    return 2 * round(value / 2)
+
+
+def _smooth(t: float) -> float:
+    """Smoothstep of ``t`` clamped to 0..1: starts and ends gently."""
+    t = min(max(t, 0.0), 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` scaled to cover ``width`` x ``height`` and centre-cropped to it, in RGB."""
     image = image.convert("RGB")
     target = width / height
     if image.width / image.height > target:
@@ -67,32 +78,36 @@ def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
     else:
         crop_w, crop_h = float(image.width), image.width / target
     left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
-    size = (round(width * MARGIN), round(height * MARGIN))
-    return image.resize(size, Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    return image.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
 
 
-def _view(source: Image.Image, zoom: float, shift: float, width: int, height: int) -> Image.Image:
-    """The part of ``source`` seen ``zoom`` times narrower than whole, moved ``shift`` widths right."""
-    crop_w, crop_h = source.width / zoom, source.height / zoom
-    left = (source.width - crop_w) / 2 + shift * source.width
-    left = min(max(left, 0.0), source.width - crop_w)
-    top = (source.height - crop_h) / 2
-    return source.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+def _planes(image: Image.Image) -> Planes:
+    """``image`` (even width and height) as yuv420p planes."""
+    frame = av.VideoFrame.from_image(image).reformat(format="yuv420p")
+    y, u, v = (
+        Image.frombuffer("L", (plane.line_size, plane.height), bytes(plane), "raw", "L", 0, 1).crop(
+            (0, 0, plane.width, plane.height)
+        )
+        for plane in frame.planes
+    )
+    return y, u, v
 
 
-def _frame(start: Image.Image, end: Image.Image | None, t: float, width: int, height: int) -> Image.Image:
-    """The frame at ``t`` (0 = first frame, 1 = last): ``start`` pushed in, faded into ``end`` if any."""
-    eased = _smooth(t)
-    zoom, shift = 1 + PUSH_IN * eased, PAN * eased
+def _frame(start: Planes, end: Planes | None, t: float, at: tuple[int, int], width: int, height: int) -> av.VideoFrame:
+    """The frame at ``t`` (0 = first, 1 = last): the view of ``start`` at ``at`` (even x, y), faded into ``end``."""
+    x, y = at
+    view = [
+        plane.crop((x // scale, y // scale, (x + width) // scale, (y + height) // scale))
+        for plane, scale in zip(start, (1, 2, 2), strict=True)
+    ]
     fade = 0.0 if end is None else _smooth((t - FADE[0]) / (FADE[1] - FADE[0]))
-    if end is None or fade == 0.0:
-        return _view(start, zoom, shift, width, height)
-    # ``end`` settles from a slight push-in to the whole (fitted) image on the last frame.
-    target = _view(end, 1 + PUSH_IN * (1 - eased) / 2, 0.0, width, height)
-    return target if fade == 1.0 else Image.blend(_view(start, zoom, shift, width, height), target, fade)
-
-
-def _smooth(t: float) -> float:
-    """Smoothstep of ``t`` clamped to 0..1: starts and ends gently."""
-    t = min(max(t, 0.0), 1.0)
-    return t * t * (3 - 2 * t)
+    if end is not None and fade > 0.0:
+        view = [Image.blend(a, b, fade) for a, b in zip(view, end, strict=True)]
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane, image in zip(frame.planes, view, strict=True):
+        if plane.line_size != image.width:  # rows padded for alignment
+            padded = Image.new("L", (plane.line_size, image.height))
+            padded.paste(image)
+            image = padded
+        plane.update(image.tobytes())
+    return frame
