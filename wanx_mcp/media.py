@@ -76,10 +76,12 @@ def examine(path: Path, picks: int = SHEET_FRAMES) -> Examined:
             wanted = _spread(expected, picks) - {expected - 1}  # the last frame decoded ends the sheet
             tile = _tile_size(stream.width, stream.height)
             frames: list[tuple[float, Image.Image]] = []
-            count, last = 0, None
+            count, last, origin = 0, None, 0.0
             for frame in container.decode(stream):
+                if count == 0:  # times on the sheet count from the first frame
+                    origin = _time(frame, 0, fps)
                 if count in wanted:
-                    frames.append((_time(frame, count, fps), _image(frame, tile)))
+                    frames.append((_time(frame, count, fps) - origin, _image(frame, tile)))
                 count, last = count + 1, frame
                 if count >= MAX_FRAMES:
                     break
@@ -88,7 +90,7 @@ def examine(path: Path, picks: int = SHEET_FRAMES) -> Examined:
             if declared and count < declared and count < MAX_FRAMES:
                 raise VideoError(f"only {count} of its {declared} frames decode")
             if count - 1 not in wanted:
-                frames.append((_time(last, count - 1, fps), _image(last, tile)))
+                frames.append((_time(last, count - 1, fps) - origin, _image(last, tile)))
             facts = VideoFacts(
                 width=stream.width, height=stream.height, duration_s=round(seconds or count / (fps or 1), 3),
                 fps=round(fps, 3), codec=stream.codec_context.name, bytes=path.stat().st_size,
