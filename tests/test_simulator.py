@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -274,7 +275,7 @@ def test_task_runs_to_succeeded_at_an_exact_recorded_time(client: httpx.Client, 
     assert record["run_seconds"] == pytest.approx(60 / 200)
     assert record["succeeded_at"] - record["started_at"] == pytest.approx(record["run_seconds"])
     assert record["succeeded_at"] == record["ended_at"] and record["succeeded_monotonic"] <= time.monotonic()
-    assert simulator.state.clock.stamp(record["succeeded_monotonic"]) == out["end_time"]
+    assert simulator.state.clock.stamp(record["succeeded_at"]) == out["end_time"]
 
 
 def test_usage_and_actual_prompt_follow_each_family(make_simulator: MakeSimulator) -> None:
@@ -712,3 +713,65 @@ def test_standalone_simulator_prints_the_environment_to_use_it() -> None:
             assert answer.json()["output"]["task_status"] == "UNKNOWN"
         finally:
             process.terminate()
+
+
+# -- persistent state ------------------------------------------------------------------------------
+
+CREATE_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+
+import httpx
+
+from wanx_mcp.simulator import SimulatorConfig, running_simulator
+
+config = SimulatorConfig(speed=float(sys.argv[2]), jitter=False, state_path=Path(sys.argv[1]))
+with running_simulator(config) as sim:
+    headers = {"Authorization": f"Bearer {sim.api_key}", "X-DashScope-Async": "enable"}
+    body = {"model": "wan2.2-i2v-flash", "input": {"img_url": sys.argv[3], "prompt": "a cat runs"}}
+    answer = httpx.post(f"{sim.base_url}/services/aigc/video-generation/video-synthesis", headers=headers, json=body)
+    print(answer.json()["output"]["task_id"])
+"""
+
+
+def test_a_task_created_by_one_process_finishes_and_downloads_in_the_next(
+    tmp_path: Path, make_simulator: MakeSimulator
+) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    image = png_uri(320, 240, "blue")
+    command = [sys.executable, "-c", CREATE_IN_ANOTHER_PROCESS, str(state_path), "50", image]
+    created = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    task_id = created.stdout.strip()
+    created_at = time.time()
+    sim = make_simulator(state_path=state_path)
+    with api(sim) as c:
+        final = wait_final(c, task_id)
+        assert final["output"]["task_status"] == "SUCCEEDED" and final["output"]["orig_prompt"] == "a cat runs"
+        assert final["output"]["video_url"].startswith(f"{sim.root_url}/results/{task_id}.mp4?")
+        record = sim.state.stats()["tasks"][task_id]
+        assert record["run_seconds"] == pytest.approx(60 / 50)  # the creating process's speed
+        assert record["created_at"] < created_at  # it ran on the wall clock, whichever process looked
+        assert record["ended_at"] - record["started_at"] == pytest.approx(60 / 50)
+        assert httpx.get(final["output"]["video_url"]).content[4:8] == b"ftyp"
+        assert sim.state.images(sim.state.get(sim.api_key, task_id)) == {"img_url": image}  # type: ignore[arg-type]
+        assert [i["task_id"] for i in c.get("/tasks/").json()["data"]] == [task_id]
+
+
+def test_simulators_sharing_a_state_file_share_tasks_limits_and_slots(
+    tmp_path: Path, make_simulator: MakeSimulator
+) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    one, two = (make_simulator(speed=20, state_path=state_path) for _ in range(2))
+    with api(one) as a, api(two) as b:
+        first, second = create(a, model="wan2.2-i2v-plus"), create(b, model="wan2.2-i2v-plus")
+        assert error_of(b.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+        assert status(b, first)["output"]["task_status"] == "RUNNING"
+        time.sleep(1.0)
+        queued = create(a)
+        assert status(b, queued)["output"]["task_status"] == "PENDING"  # both slots are taken, in either process
+        assert b.post(f"/tasks/{queued}/cancel").status_code == 200
+        assert status(a, queued)["output"]["task_status"] == "CANCELED"
+        assert {i["task_id"] for i in a.get("/tasks/").json()["data"]} == {first, second, queued}
+    assert one.state.stats()["throttled"] == 0 and two.state.stats()["throttled"] == 1
+    one.state.reset()
+    assert two.state.stats()["tasks"] == {}

@@ -133,7 +133,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return key.strip()
 
     def video_url(request: Request, task: SimTask) -> str:
-        expires = int(state.clock.wall(state.video_expires_at(task)))
+        expires = int(state.video_expires_at(task))
         root = (state.config.video_base_url or str(request.base_url)).rstrip("/")
         return f"{root}/results/{task.task_id}.mp4?Expires={expires}&Signature=sim"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import SIMULATOR_KEY
 from .rules import FAMILIES, Family
@@ -36,6 +37,8 @@ class SimulatorConfig:
     - ``utc_offset_hours``/``region``: how timestamps and task lists present the simulated region.
     - ``video_base_url``: where result-video links point instead of the simulator itself, e.g.
       ``"https://evil.example.com"``, to test that downloads refuse hosts that are not allowed.
+    - ``state_path``: a SQLite file keeping the tasks (and their images) across simulator processes,
+      shared by every simulator that names it (see state.py); None keeps everything in memory.
     """
 
     speed: float = 1.0
@@ -50,6 +53,7 @@ class SimulatorConfig:
     utc_offset_hours: float = 8.0
     region: str = "cn-beijing"
     video_base_url: str | None = None
+    state_path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
