@@ -17,7 +17,7 @@ import anyio
 import av
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageStat
 
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 
@@ -743,7 +743,7 @@ def test_a_task_created_by_one_process_finishes_and_downloads_in_the_next(
     created = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
     task_id = created.stdout.strip()
     created_at = time.time()
-    sim = make_simulator(state_path=state_path)
+    sim = make_simulator(state_path=state_path, render=True, render_scale=0.25)
     with api(sim) as c:
         final = wait_final(c, task_id)
         assert final["output"]["task_status"] == "SUCCEEDED" and final["output"]["orig_prompt"] == "a cat runs"
@@ -752,7 +752,8 @@ def test_a_task_created_by_one_process_finishes_and_downloads_in_the_next(
         assert record["run_seconds"] == pytest.approx(60 / 50)  # the creating process's speed
         assert record["created_at"] < created_at  # it ran on the wall clock, whichever process looked
         assert record["ended_at"] - record["started_at"] == pytest.approx(60 / 50)
-        assert httpx.get(final["output"]["video_url"]).content[4:8] == b"ftyp"
+        size, colours, _ = decode_video(final["output"]["video_url"])  # made from the other process's image
+        assert size == (240, 180) and all(b > 200 and r < 60 for r, _, b in colours)
         assert sim.state.images(sim.state.get(sim.api_key, task_id)) == {"img_url": image}  # type: ignore[arg-type]
         assert [i["task_id"] for i in c.get("/tasks/").json()["data"]] == [task_id]
 
@@ -775,3 +776,64 @@ def test_simulators_sharing_a_state_file_share_tasks_limits_and_slots(
     assert one.state.stats()["throttled"] == 0 and two.state.stats()["throttled"] == 1
     one.state.reset()
     assert two.state.stats()["tasks"] == {}
+
+
+# -- rendered videos -------------------------------------------------------------------------------
+
+
+def decode_video(url: str) -> tuple[tuple[int, int], list[tuple[int, int, int]], float]:
+    """Size, the mean colour of each frame, and the duration of the MP4 at ``url``."""
+    response = httpx.get(url)
+    assert response.status_code == 200, response.text
+    with av.open(io.BytesIO(response.content)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = [frame.to_image() for frame in container.decode(stream)]
+        seconds = float(stream.duration * stream.time_base) if stream.duration else len(frames) / 16
+    colours = [tuple(round(mean) for mean in ImageStat.Stat(frame).mean) for frame in frames]
+    return frames[0].size, colours, seconds  # type: ignore[return-value]
+
+
+def test_frame_size_follows_the_resolution_and_the_image_aspect() -> None:
+    from wanx_mcp.simulator.videos import frame_size
+
+    assert frame_size("480P", 16 / 9) == (854, 480)
+    assert frame_size("720P", 9 / 16) == (720, 1280)
+    assert frame_size("1080P", 4 / 3) == (1440, 1080)
+    assert frame_size("720P", 1.0, 0.25) == (180, 180)
+
+
+def test_the_video_shows_the_submitted_image_at_the_delivered_size(make_simulator: MakeSimulator) -> None:
+    sim = make_simulator(render=True, render_scale=0.25, limits={WAN22: FamilyLimits(submissions_per_second=10)})
+    with api(sim) as c:
+        red = {"model": "wanx2.1-i2v-turbo", "input": {"img_url": png_uri(640, 480, "red")}}
+        red_task = c.post(CREATE, json={**red, "parameters": {"duration": 3, "resolution": "480P"}})
+        placeholder = create(c, resolution="480P")
+        sim.state.faults.add("create", "wrong_resolution", value="720P")
+        wrong = c.post(CREATE, json={**red, "parameters": {"resolution": "480P"}}).json()["output"]["task_id"]
+        urls = {
+            name: wait_final(c, task_id)["output"]["video_url"]
+            for name, task_id in (
+                ("red", red_task.json()["output"]["task_id"]),
+                ("grey", placeholder),
+                ("wrong", wrong),
+            )
+        }
+    size, colours, seconds = decode_video(urls["red"])
+    assert size == (160, 120) and len(colours) == 3 * 16 and seconds == pytest.approx(3, abs=0.1)
+    assert all(r > 200 and g < 60 and b < 60 for r, g, b in colours)
+    size, colours, _ = decode_video(urls["grey"])
+    assert size == (214, 120) and all(abs(r - g) < 10 and abs(g - b) < 10 for r, g, b in colours)
+    assert decode_video(urls["wrong"])[0] == (240, 180)
+    assert httpx.get(urls["red"]).content == httpx.get(urls["red"]).content  # rendered once, then cached
+
+
+def test_the_keyframe_video_cross_fades_from_the_first_to_the_last_frame(make_simulator: MakeSimulator) -> None:
+    sim = make_simulator(render=True, render_scale=0.25)
+    with api(sim) as c:
+        frames = {"first_frame_url": png_uri(480, 480, "red"), "last_frame_url": png_uri(480, 480, "blue")}
+        answer = c.post(KF2V, json={"model": "wan2.2-kf2v-flash", "input": frames})
+        url = wait_final(c, answer.json()["output"]["task_id"])["output"]["video_url"]
+    size, colours, _ = decode_video(url)
+    (r0, _, b0), (r1, _, b1) = colours[0], colours[-1]
+    assert size == (180, 180) and len(colours) == 80 and r0 > 200 > b0 and b1 > 200 > r1
