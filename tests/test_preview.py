@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from wanx_mcp.config import load_settings
 from wanx_mcp.media import examine, preview_path
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
+from wanx_mcp.simulator import RunningSimulator
 
 pytestmark = pytest.mark.anyio
 
@@ -35,6 +36,12 @@ def red(tmp_path: Path) -> Path:
     path = tmp_path / "red.png"
     Image.new("RGB", (640, 480), RED).save(path)
     return path
+
+
+@pytest.fixture
+def simulator(make_simulator: Callable[..., RunningSimulator]) -> RunningSimulator:
+    """The fast simulator, rendering each result video from the submitted image."""
+    return make_simulator(render=True)
 
 
 @pytest.fixture
