@@ -156,6 +156,12 @@ async def test_a_preview_that_cannot_be_made_leaves_the_task_as_it_is(client: Cl
     assert not again.is_error and images_of(again) == [] and again.structured_content["status"] == "SUCCEEDED"
 
 
+async def test_preview_must_be_a_boolean_and_nothing_is_sent(client: Client, simulator: Any, red: Path) -> None:
+    result = await client.call_tool("generate_and_wait", {"image": str(red), "preview": "sometimes"})
+    assert result.is_error and "preview" in result.content[0].text
+    assert simulator.state.stats()["creates_received"] == 0
+
+
 # -- what the simulator delivered wrong -------------------------------------------------------------
 
 
