@@ -837,3 +837,18 @@ def test_the_keyframe_video_cross_fades_from_the_first_to_the_last_frame(make_si
     size, colours, _ = decode_video(url)
     (r0, _, b0), (r1, _, b1) = colours[0], colours[-1]
     assert size == (180, 180) and len(colours) == 80 and r0 > 200 > b0 and b1 > 200 > r1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_the_built_in_simulator_remembers_its_tasks_between_runs(tmp_path: Path, image: Path) -> None:
+    from wanx_mcp.config import Settings
+    from wanx_mcp.service import Wanx
+
+    settings = Settings(data_dir=tmp_path / "data", allowed_dirs=(tmp_path,), simulate=True, simulator_speed=1000)
+    async with Wanx.open(settings) as first_run:
+        task_id = (await first_run.create({"image": str(image), "resolution": "480P"})).task_id
+    async with Wanx.open(settings) as second_run:  # a new simulator on another port, the same data folder
+        done = await second_run.wait(task_id, 20)
+    assert done.status == "SUCCEEDED" and done.video_path and Path(done.video_path).read_bytes()[4:8] == b"ftyp"
+    assert (tmp_path / "data" / "simulator.sqlite3").is_file()

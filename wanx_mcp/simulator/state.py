@@ -130,12 +130,6 @@ class SimulatorState:
             self._forget()
             self._forget_local()
 
-    def close(self) -> None:
-        """Close the state file, if any."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-
     @contextmanager
     def _session(self) -> Iterator[float]:
         """Hold the state (and the state file's lock), advanced to now; save what changed at the end, also

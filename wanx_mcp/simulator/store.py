@@ -84,6 +84,3 @@ class StateFile:
     def clear(self) -> None:
         for table in ("tasks", "lanes", "images"):
             self._db.execute(f"DELETE FROM {table}")
-
-    def close(self) -> None:
-        self._db.close()
