@@ -203,7 +203,7 @@ async def test_check_download_records_facts_notes_and_the_preview(red_to_blue: P
     part.write_bytes(red_to_blue.read_bytes())
     task = Task(task_id="t-12345678", status=Status.SUCCEEDED, model="m", resolution="720P", duration=5,
                 notes=["prompt shortened"])  # fmt: skip
-    checked = await Media().check_download(task, part, dest)
+    checked = (await Media().check_download(part, dest))(task)
     assert checked.video == examine(red_to_blue).facts
     assert checked.notes == [
         "prompt shortened",
@@ -212,7 +212,7 @@ async def test_check_download_records_facts_notes_and_the_preview(red_to_blue: P
     ]
     assert preview_path(dest) == tmp_path / "t-12345678.preview.jpg"
     assert Image.open(preview_path(dest)).format == "JPEG" and not dest.exists()
-    again = await Media().check_download(checked, part, dest)
+    again = (await Media().check_download(part, dest))(checked)
     assert again.notes == checked.notes  # examined again (e.g. a new download): no repeated notes
 
 
@@ -221,7 +221,7 @@ async def test_check_download_refuses_what_does_not_decode(red_to_blue: Path, tm
     part, dest = tmp_path / ".t-12345678.mp4.part", tmp_path / "t-12345678.mp4"
     part.write_bytes(red_to_blue.read_bytes()[:5000])
     with pytest.raises(VideoError):
-        await Media().check_download(Task(task_id="t-12345678", status=Status.SUCCEEDED, model="m"), part, dest)
+        await Media().check_download(part, dest)
     assert not preview_path(dest).exists()
 
 

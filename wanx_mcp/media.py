@@ -4,12 +4,14 @@ frames spread over the clip, with timestamps) cached beside it, and notes where 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,12 @@ def mismatches(task: Task, facts: VideoFacts) -> list[str]:
     return notes
 
 
+def with_facts(task: Task, facts: VideoFacts) -> Task:
+    """``task`` with its video's ``facts`` and a note on each mismatch with the request (once)."""
+    notes = [note for note in mismatches(task, facts) if note not in task.notes]
+    return task.model_copy(update={"video": facts, "notes": [*task.notes, *notes]})
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it, so ``path`` is never partial."""
     part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
@@ -160,18 +168,17 @@ class Media:
     def __init__(self, workers: int = 1) -> None:
         self._limiter = anyio.CapacityLimiter(workers)
 
-    async def check_download(self, task: Task, part: Path, dest: Path) -> Task:
-        """The watcher's check of a finished download of ``task`` (``part``, soon renamed to ``dest``):
-        ``task`` with its ``video`` facts and any mismatch notes; the preview is written beside ``dest``.
+    async def check_download(self, part: Path, dest: Path) -> Callable[[Task], Task]:
+        """The watcher's check of a finished download (``part``, soon renamed to ``dest``): the change to make
+        to its task (``video`` facts, mismatch notes); the preview is written beside ``dest`` meanwhile.
 
         Raises VideoError when the file does not decode (a failed download, to be retried)."""
         examined = await anyio.to_thread.run_sync(examine, part, limiter=self._limiter)
         try:
             await anyio.to_thread.run_sync(self._save_preview, examined, dest, limiter=self._limiter)
         except OSError as exc:  # made again when asked for
-            log.warning("could not save the preview of %s: %s", task.task_id, exc)
-        notes = [note for note in mismatches(task, examined.facts) if note not in task.notes]
-        return task.model_copy(update={"video": examined.facts, "notes": [*task.notes, *notes]})
+            log.warning("could not save the preview of %s: %s", dest.name, exc)
+        return functools.partial(with_facts, facts=examined.facts)
 
     async def preview(self, video: Path) -> bytes:
         """The contact sheet of ``video``: the cached one, else made now (and cached).

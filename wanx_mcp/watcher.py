@@ -33,9 +33,9 @@ DOWNLOAD_TIMEOUT = 600.0
 DASHSCOPE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 ChangeListener = Callable[[Task], Awaitable[None]]
-#: Checks a finished download of a task (temporary file, final path): the task with what it found (video
-#: facts, notes); raises ValueError when the file is not a playable video.
-VideoCheck = Callable[[Task, Path, Path], Awaitable[Task]]
+#: Checks a finished download (temporary file, final path): the change to make to its task with what it found
+#: (video facts, notes); raises ValueError when the file is not a playable video.
+VideoCheck = Callable[[Path, Path], Awaitable[Callable[[Task], Task]]]
 
 
 def _upstream_time(text: str | None) -> datetime | None:
@@ -233,12 +233,12 @@ class Watcher:
         """Save the video. A failure that may pass (network, server, full disk) is retried until the link
         expires, backing off to DOWNLOAD_MAX_BACKOFF; after DOWNLOAD_ATTEMPTS of them the task's notes say so."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
-        checked = task
+        amend: Callable[[Task], Task] | None = None
 
         async def verify(part: Path) -> None:
-            nonlocal checked
+            nonlocal amend
             if self._check_video is not None:
-                checked = await self._check_video(task, part, dest)
+                amend = await self._check_video(part, dest)
 
         for attempt in itertools.count(1):
             expires = parse_iso(task.video_url_expires_at)
@@ -261,7 +261,8 @@ class Watcher:
                 log.warning("download of %s failed (attempt %d): %s", task.task_id, attempt, exc)
                 await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** min(attempt - 1, 20), DOWNLOAD_MAX_BACKOFF))
                 continue
-            await self._changed_to(checked.model_copy(update={"video_path": str(Path(dest))}))  # notes as before
+            saved = amend(task) if amend is not None else task
+            await self._changed_to(saved.model_copy(update={"video_path": str(Path(dest))}))  # notes as before
             return
 
 
