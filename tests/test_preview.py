@@ -90,6 +90,9 @@ async def test_generate_and_wait_returns_the_task_and_a_preview_of_the_submitted
     video = Path(task["video_path"])
     assert task["video"] == examine(video).facts.model_dump()
     assert task["video"]["codec"] == "h264" and task["video"]["bytes"] == video.stat().st_size
+    # what the simulator renders: 480 lines at the image's 4:3, the asked 5 s at its 16 fps; nothing to note
+    assert (task["video"]["width"], task["video"]["height"], task["video"]["duration_s"]) == (640, 480, 5.0)
+    assert task["video"]["fps"] == 16.0 and not any("mismatch" in note for note in task["notes"])
     assert preview_path(video).is_file()
 
 
