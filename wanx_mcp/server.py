@@ -226,10 +226,11 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
 
     async def preview_image(task: Task) -> ImageContent | None:
         """The contact sheet of a SUCCEEDED task's saved video, if it can be had."""
-        if task.status is not Status.SUCCEEDED or not task.video_path:
-            return None
+        saved = task.video_path if task.status is Status.SUCCEEDED else None
+        if not saved or not await anyio.Path(saved).is_file():
+            return None  # nothing saved on this machine (yet)
         try:
-            sheet = await wanx.media.preview(Path(task.video_path))
+            sheet = await wanx.media.preview(Path(saved))
         except (VideoError, OSError) as exc:
             log.warning("no preview for %s: %s", task.task_id, exc)
             return None
