@@ -28,7 +28,8 @@ BUSY_TIMEOUT = 30.0
 class StateFile:
     """The SQLite file at ``path``; use it only inside ``transaction()`` and from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
