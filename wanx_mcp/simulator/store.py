@@ -33,6 +33,7 @@ class StateFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a simulator need not survive power loss
         self._db.executescript(SCHEMA)
 
     @contextmanager
