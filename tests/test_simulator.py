@@ -758,6 +758,40 @@ def test_a_task_created_by_one_process_finishes_and_downloads_in_the_next(
         assert [i["task_id"] for i in c.get("/tasks/").json()["data"]] == [task_id]
 
 
+SERVE_ON_A_STATE_FILE = """
+import sys
+from pathlib import Path
+
+from wanx_mcp.simulator import SimulatorConfig, running_simulator
+
+with running_simulator(SimulatorConfig(speed=20, jitter=False, state_path=Path(sys.argv[1]))) as sim:
+    print(sim.root_url, flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.slow
+def test_simulator_processes_share_a_state_file_at_the_same_time(tmp_path: Path, make_simulator: MakeSimulator) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    command = [sys.executable, "-c", SERVE_ON_A_STATE_FILE, str(state_path)]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            root = process.stdout.readline().strip()
+            local = make_simulator(speed=20, state_path=state_path)
+            headers = {"Authorization": f"Bearer {local.api_key}", "X-DashScope-Async": "enable"}
+            with httpx.Client(base_url=f"{root}/api/v1", headers=headers) as remote, api(local) as here:
+                first = create(remote, model="wan2.2-i2v-plus")
+                second = create(here, model="wan2.2-i2v-plus")
+                assert error_of(remote.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+                assert status(remote, second)["output"]["task_status"] == "RUNNING"
+                assert status(here, first)["output"]["task_status"] == "RUNNING"
+                listed = remote.get("/tasks/").json()["data"]
+                assert {item["task_id"] for item in listed} == {first, second}
+        finally:
+            process.communicate("", timeout=30)
+
+
 def test_simulators_sharing_a_state_file_share_tasks_limits_and_slots(
     tmp_path: Path, make_simulator: MakeSimulator
 ) -> None:
