@@ -886,3 +886,13 @@ async def test_the_built_in_simulator_remembers_its_tasks_between_runs(tmp_path:
         done = await second_run.wait(task_id, 20)
     assert done.status == "SUCCEEDED" and done.video_path and Path(done.video_path).read_bytes()[4:8] == b"ftyp"
     assert (tmp_path / "data" / "simulator.sqlite3").is_file()
+
+
+def test_an_unreadable_state_file_is_set_aside(tmp_path: Path, make_simulator: MakeSimulator) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    state_path.write_bytes(b"not a database, " * 512)
+    sim = make_simulator(state_path=state_path)
+    with api(sim) as c:
+        assert wait_final(c, create(c))["output"]["task_status"] == "SUCCEEDED"
+    (aside,) = tmp_path.glob("simulator.sqlite3.corrupt-*")
+    assert aside.read_bytes().startswith(b"not a database")
