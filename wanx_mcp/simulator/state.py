@@ -60,8 +60,9 @@ class _Lane:
     last_event: float = -math.inf
     submitted: deque[float] = field(default_factory=deque)
 
-    def advance(self, now: float, *, hold: bool) -> None:
-        """Apply every end (and, unless ``hold``, every start) due by ``now``, earliest first."""
+    def advance(self, now: float, *, hold: bool, changed: set[str]) -> None:
+        """Apply every end (and, unless ``hold``, every start) due by ``now``, earliest first; add the ids of
+        the tasks that changed to ``changed``."""
         while True:
             ending = min(self.running, key=_finish, default=None)
             end_at = _finish(ending) if ending else math.inf
@@ -74,11 +75,13 @@ class _Lane:
                 self.running.remove(ending)
                 ending.ended_at = end_at
                 ending.status = "FAILED" if ending.failure_code else "SUCCEEDED"
+                changed.add(ending.task_id)
                 self.last_event = end_at
             elif head:
                 self.pending.popleft()
                 head.started_at = start_at
                 head.status = "RUNNING"
+                changed.add(head.task_id)
                 self.running.append(head)
                 self.last_event = start_at
 
@@ -109,7 +112,7 @@ class SimulatorState:
         self._tasks: dict[str, SimTask] = {}
         self._lanes: dict[LaneKey, _Lane] = {}
         self._images: dict[str, dict[str, str]] = {}
-        self._saved_tasks: dict[str, dict[str, Any]] = {}
+        self._changed: set[str] = set()
         self._saved_lanes: dict[LaneKey, dict[str, Any]] = {}
 
     def _forget_local(self) -> None:
@@ -168,7 +171,6 @@ class SimulatorState:
         for row in self._file.tasks():
             task = SimTask.from_row(row)
             self._tasks[task.task_id] = task
-            self._saved_tasks[task.task_id] = row
         for name, row in self._file.lanes().items():
             account, family = json.loads(name)
             lane = self._lane(account, family)
@@ -183,10 +185,13 @@ class SimulatorState:
     def _save(self, now: float) -> None:
         assert self._file is not None
         gone = self._prune(now)
-        tasks = {task_id: task.to_row() for task_id, task in self._tasks.items()}
-        changed = [(task_id, row) for task_id, row in tasks.items() if self._saved_tasks.get(task_id) != row]
-        lanes = {key: lane.row() for key, lane in self._lanes.items()}
-        changed_lanes = [(key, row) for key, row in lanes.items() if self._saved_lanes.get(key) != row]
+        changed = [(task_id, self._tasks[task_id].to_row()) for task_id in self._changed if task_id in self._tasks]
+        self._changed.clear()
+        changed_lanes = []
+        for key, lane in self._lanes.items():
+            if (row := lane.row()) != self._saved_lanes.get(key):
+                changed_lanes.append((key, row))
+                self._saved_lanes[key] = row
         if not (gone or changed or changed_lanes or self._images):
             return
         self._file.drop_tasks(gone)
@@ -195,7 +200,6 @@ class SimulatorState:
         for task_id, images in self._images.items():
             self._file.put_images(task_id, images)
         self._images.clear()
-        self._saved_tasks, self._saved_lanes = tasks, lanes
         self._version = self._file.bump()
 
     def _prune(self, now: float) -> list[str]:
@@ -300,7 +304,8 @@ class SimulatorState:
             if self._file is not None:
                 self._images[task.task_id] = request.images
             lane.pending.append(task)
-            lane.advance(now, hold=self._hold)
+            self._changed.add(task.task_id)
+            lane.advance(now, hold=self._hold, changed=self._changed)
             self._counts["tasks_created"] += 1
             return task, fault
 
@@ -325,6 +330,7 @@ class SimulatorState:
             self._lanes[(task.account, task.family)].pending.remove(task)
             task.status = "CANCELED"
             task.ended_at = now
+            self._changed.add(task.task_id)
 
     def list_tasks(self, key: str, query: dict[str, str]) -> dict[str, Any]:
         """``GET /tasks/`` for ``key``'s account: filtered, newest first, paged; ApiError on bad parameters."""
@@ -388,8 +394,9 @@ class SimulatorState:
 
     def _advance(self, now: float) -> None:
         for lane in self._lanes.values():
-            lane.advance(now, hold=self._hold)
+            lane.advance(now, hold=self._hold, changed=self._changed)
         if self._file is None:
+            self._changed.clear()  # nothing to save
             self._prune(now)
 
     def _expired(self, since: float, now: float) -> bool:

@@ -8,7 +8,9 @@ write lock and writes its changes before anyone else reads. Rows hold JSON with 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,16 +25,35 @@ CREATE TABLE IF NOT EXISTS images (task_id TEXT NOT NULL, field TEXT NOT NULL, u
 INSERT OR IGNORE INTO meta VALUES ('version', 0);
 """
 BUSY_TIMEOUT = 30.0
+logger = logging.getLogger(__name__)
 
 
 class StateFile:
     """The SQLite file at ``path``; use it only inside ``transaction()`` and from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:  # not a database: set it aside, start afresh
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            path.replace(aside)
+            logger.warning("simulator state file %s was unreadable (%s); moved it to %s", path, exc, aside.name)
+            self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a simulator need not survive power loss
+            db.executescript(SCHEMA)
+            db.execute("SELECT count(*) FROM tasks").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
