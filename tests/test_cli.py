@@ -85,7 +85,52 @@ def test_api_errors_exit_1(tmp_path: Path, image: Path, simulator: Any) -> None:
 
 def test_no_key_exits_1_and_says_how_to_get_one(tmp_path: Path, image: Path) -> None:
     done = wanx(tmp_path, "generate", str(image), "x", DASHSCOPE_HTTP_BASE_URL="http://127.0.0.1:9/api/v1")
-    assert done.returncode == 1 and "MissingApiKey" in done.stderr and "WANX_SIMULATE=1" in done.stderr
+    assert done.returncode == 1 and "MissingApiKey" in done.stderr and "add --simulate" in done.stderr
+    assert "WANX_SIMULATE" not in done.stderr  # that is how an agent's config says it, not a person's command
+
+
+def test_messages_use_flags_not_tool_arguments(tmp_path: Path) -> None:
+    transparent = tmp_path / "logo.png"
+    Image.new("RGBA", (640, 480), (255, 0, 0, 128)).save(transparent)
+    done = wanx(tmp_path, "generate", str(transparent), "x", "--simulate")
+    assert done.returncode == 2 and "transparent" in done.stderr and "--fit-image fixes this" in done.stderr
+    assert "fit_image=true" not in done.stderr
+
+
+def test_a_wait_that_runs_out_exits_1_with_the_command_to_resume(tmp_path: Path, image: Path) -> None:
+    done = wanx(tmp_path, "generate", str(image), "x", "--simulate", "--model", "wan2.2-i2v-plus", "--wait", "0.5",
+                WANX_SIMULATOR_SPEED="5")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    task_id = Journal(tmp_path / "data" / "journal.sqlite3").list()[0].task_id
+    assert f"`wanx-mcp show {task_id} --wait 600 --simulate`" in done.stdout
+    assert "get_task" not in done.stdout + done.stderr
+
+
+def test_show_exit_codes(tmp_path: Path, simulator: Any) -> None:
+    unknown = wanx(tmp_path, "show", "0000aaaa-0000-0000-0000-000000000000", DASHSCOPE_API_KEY=simulator.api_key,
+                   DASHSCOPE_HTTP_BASE_URL=simulator.base_url)  # fmt: skip
+    assert unknown.returncode == 1 and "UNKNOWN" in unknown.stdout and "does not know this task id" in unknown.stdout
+    bad = wanx(tmp_path, "show", "no", "--simulate")
+    assert bad.returncode == 2 and "InvalidInput: task_id='no'" in bad.stderr
+
+
+def test_every_command_accepts_simulate_and_has_help_for_every_option() -> None:
+    from wanx_mcp.cli import parser
+
+    root = parser()
+    assert "``" not in root.format_help()
+    commands = root._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"install", "doctor", "models", "simulator", "demo", "serve"} <= set(commands)
+    for name, sub in commands.items():
+        assert "--simulate" in sub.format_help(), name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert root.parse_args(["models", "--simulate"]).simulate
+
+
+def test_models_accepts_simulate(tmp_path: Path) -> None:
+    done = wanx(tmp_path, "models", "--simulate")
+    assert done.returncode == 0 and "wan2.2-i2v-flash" in done.stdout
 
 
 def test_ctrl_c_leaves_the_task_journaled_and_show_picks_it_up(tmp_path: Path, image: Path) -> None:
@@ -102,5 +147,5 @@ def test_ctrl_c_leaves_the_task_journaled_and_show_picks_it_up(tmp_path: Path, i
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     task_id = Journal(journal_path).list()[0].task_id
-    assert f"wanx-mcp show {task_id} --wait" in stderr
+    assert f"`wanx-mcp show {task_id} --wait 600 --simulate`" in stderr
     assert "Traceback" not in stderr

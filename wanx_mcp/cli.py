@@ -278,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=_generate, is_async=True)
 
     show = commands.add_parser("show", help="show one task (and optionally wait for it)")
-    show.add_argument("task_id")
+    show.add_argument("task_id", help="the DashScope task id (from `wanx-mcp tasks`)")
     show.add_argument("--wait", type=float, default=0,
                       help="wait up to this many seconds for the result and the download (exit 1 if it runs out)")
     show.set_defaults(run=_show, is_async=True)
