@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from PIL import Image
 from support import WANX, isolated_env
 
 
@@ -69,3 +71,15 @@ def test_install_prompts_for_the_key_without_echoing_it(tmp_path: Path) -> None:
     assert key not in shown and "Wrote" in shown
     entry = json.loads((tmp_path / "home" / ".cursor" / "mcp.json").read_text())["mcpServers"]["wanx"]
     assert entry["env"]["DASHSCOPE_API_KEY"] == key
+
+
+def test_generate_in_a_terminal_shows_a_bar_with_the_time_left(tmp_path: Path) -> None:
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(image)
+    env = isolated_env(tmp_path, WANX_SIMULATOR_SPEED="20", COLUMNS="120")
+    with in_terminal(["generate", str(image), "waves", "--simulate"], env) as (process, master):
+        shown = read_until(master, ".mp4", timeout=60)
+        assert process.wait(30) == 0, shown
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+    # the bar, the time left (from the server's estimate), the time elapsed
+    assert re.search(r"RUNNING: \S+ ━+ \d:\d\d:\d\d \d:\d\d:\d\d", plain), plain

@@ -26,6 +26,8 @@ from .watcher import remaining_seconds
 
 EXIT_OK, EXIT_API, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 FOREVER = 24 * 3600.0
+#: Seconds between two redraws of the progress bar.
+TICK = 0.5
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -88,16 +90,31 @@ def _for_people(wanx: Wanx, task: Task, surface: Surface) -> Task:
 async def _wait_with_progress(wanx: Wanx, task: Task, wait_seconds: float, surface: Surface) -> Task:
     """Wait with a bar that fills over the server's estimate of the generation time, and the time left."""
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), TimeElapsedColumn())
+    latest = task
     with Progress(*columns, console=err, transient=True) as progress:
         bar = progress.add_task(f"{task.status}: {task.task_id}", total=wanx.watcher.estimate(task).seconds)
 
-        async def show(current: Task, elapsed: float) -> None:
-            done = wanx.watcher.elapsed(current.task_id)
-            left = remaining_seconds(wanx.watcher, current) or 0.0
-            state = "downloading" if current.status == "SUCCEEDED" and not current.video_path else current.status
-            progress.update(bar, description=f"{state}: {current.task_id}", completed=done, total=done + left)
+        def update() -> None:
+            done = wanx.watcher.elapsed(latest.task_id)
+            left = remaining_seconds(wanx.watcher, latest) or 0.0
+            state = "downloading" if latest.status == "SUCCEEDED" and not latest.video_path else latest.status
+            progress.update(bar, description=f"{state}: {latest.task_id}", completed=done, total=done + left)
 
-        return _for_people(wanx, await wanx.wait(task.task_id, wait_seconds, show), surface)
+        async def show(current: Task, elapsed: float) -> None:
+            nonlocal latest
+            latest = current
+            update()
+
+        async def tick() -> None:
+            while True:
+                update()
+                await anyio.sleep(TICK)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(tick)
+            task = await wanx.wait(task.task_id, wait_seconds, show)
+            group.cancel_scope.cancel()
+    return _for_people(wanx, task, surface)
 
 
 async def _generate(args: argparse.Namespace) -> int:
