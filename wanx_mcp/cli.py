@@ -126,6 +126,7 @@ async def _generate(args: argparse.Namespace) -> int:
     }  # fmt: skip
     surface = _surface(args)
     async with Wanx.open(_settings(args)) as wanx:
+        download = wanx.settings.download
         task = await wanx.create({k: v for k, v in generation.items() if v is not None})
         err.print(f"submitted {task.task_id} ({task.model}, {task.resolution}, {task.duration} s"
                   + (f", about {task.estimated_cost_cny} CNY)" if task.estimated_cost_cny is not None else ")"))
@@ -142,7 +143,7 @@ async def _generate(args: argparse.Namespace) -> int:
         _describe(task)
         if task.video_path:
             print(task.video_path)
-    return EXIT_OK if task.status == "SUCCEEDED" and task.video_path else EXIT_API
+    return EXIT_OK if task.status == "SUCCEEDED" and _settled(task, download) else EXIT_API
 
 
 def _interrupted(task_id: str, surface: Surface) -> None:
@@ -154,12 +155,15 @@ def _interrupted(task_id: str, surface: Surface) -> None:
     )
 
 
-def _show_exit(task: Task, waited: bool) -> int:
+def _settled(task: Task, download: bool) -> bool:
+    """Whether there is nothing left to wait for: the task is final and its video saved (if it is to be)."""
+    return task.is_final and (task.status != "SUCCEEDED" or bool(task.video_path) or not download)
+
+
+def _show_exit(task: Task, waited: bool, download: bool) -> int:
     """0 for a task that is done or, without --wait, still running; 1 for a failed or unknown task, or when
     the wait ran out."""
-    if task.status in ("FAILED", "UNKNOWN"):
-        return EXIT_API
-    if waited and not (task.is_final and (task.video_path or task.status != "SUCCEEDED")):
+    if task.status in ("FAILED", "UNKNOWN") or (waited and not _settled(task, download)):
         return EXIT_API
     return EXIT_OK
 
@@ -168,7 +172,8 @@ async def _show(args: argparse.Namespace) -> int:
     surface = _surface(args)
     async with Wanx.open(_settings(args)) as wanx:
         task = _for_people(wanx, await wanx.get(args.task_id), surface)
-        if args.wait and not (task.is_final and (task.video_path or task.status != "SUCCEEDED")):
+        download = wanx.settings.download
+        if args.wait and not _settled(task, download):
             try:
                 task = await _wait_with_progress(wanx, task, args.wait, surface)
             except anyio.get_cancelled_exc_class():
@@ -178,7 +183,7 @@ async def _show(args: argparse.Namespace) -> int:
         _print_json(task.model_dump(mode="json"))
     else:
         _describe(task)
-    return _show_exit(task, bool(args.wait))
+    return _show_exit(task, bool(args.wait), download)
 
 
 async def _tasks(args: argparse.Namespace) -> int:
