@@ -101,7 +101,7 @@ def test_a_wait_that_runs_out_exits_1_with_the_command_to_resume(tmp_path: Path,
     done = wanx(tmp_path, "generate", str(image), "x", "--simulate", "--model", "wan2.2-i2v-plus", "--wait", "0.5",
                 WANX_SIMULATOR_SPEED="5")  # fmt: skip
     assert done.returncode == 1, done.stderr
-    task_id = Journal(tmp_path / "data" / "journal.sqlite3").list()[0].task_id
+    task_id = done.stderr.split("submitted ", 1)[1].split()[0]
     assert f"`wanx-mcp show {task_id} --wait 600 --simulate`" in done.stdout
     assert "get_task" not in done.stdout + done.stderr
 
