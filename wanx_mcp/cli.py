@@ -188,7 +188,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 async def _tasks(args: argparse.Namespace) -> int:
     async with Wanx.open(_settings(args)) as wanx:
-        tasks = wanx.list(args.status, args.limit)
+        tasks = [_for_people(wanx, t, _surface(args)) for t in wanx.list(args.status, args.limit)]
     if args.json:
         _print_json({"tasks": [t.model_dump(mode="json") for t in tasks]})
         return EXIT_OK
