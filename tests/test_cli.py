@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -13,7 +15,9 @@ import pytest
 from PIL import Image
 from support import WANX, isolated_env
 
+from wanx_mcp.errors import AGENT, DashScopeError, InvalidInput, MissingApiKey, Surface
 from wanx_mcp.journal import Journal
+from wanx_mcp.tasks import Task, hint_for
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -97,6 +101,21 @@ def test_messages_use_flags_not_tool_arguments(tmp_path: Path) -> None:
     assert "fit_image=true" not in done.stderr
 
 
+def test_one_source_of_hints_in_each_surface_s_words() -> None:
+    person, simulating = Surface(cli=True), Surface(cli=True, simulate=True)
+    refused = InvalidInput("image", "a.png", "has transparent pixels", fixed_by="fit_image")
+    agent_text = "InvalidInput: image='a.png': has transparent pixels; fit_image=true fixes this"
+    assert str(refused) == refused.render(AGENT) == agent_text
+    assert refused.render(person).endswith("; --fit-image fixes this")
+    ambiguous = DashScopeError("AmbiguousCreate", "the answer was lost")
+    assert "list_tasks before" in str(ambiguous) and "Model Studio console" in ambiguous.render(person)
+    assert "WANX_SIMULATE=1" in str(MissingApiKey()) and "add --simulate" in MissingApiKey().render(person)
+    running = Task(task_id="0123abcd-0000", status="RUNNING", model="wan2.2-i2v-flash")
+    assert "get_task(task_id='0123abcd-0000', wait_seconds=50)" in hint_for(running, 30)
+    assert "`wanx-mcp show 0123abcd-0000 --wait 600 --simulate`" in hint_for(running, 30, simulating)
+    assert "(about 30 s left)" in hint_for(running, 30, person)
+
+
 def test_a_wait_that_runs_out_exits_1_with_the_command_to_resume(tmp_path: Path, image: Path) -> None:
     done = wanx(tmp_path, "generate", str(image), "x", "--simulate", "--model", "wan2.2-i2v-plus", "--wait", "0.5",
                 WANX_SIMULATOR_SPEED="5")  # fmt: skip
@@ -149,3 +168,24 @@ def test_ctrl_c_leaves_the_task_journaled_and_show_picks_it_up(tmp_path: Path, i
     task_id = Journal(journal_path).list()[0].task_id
     assert f"`wanx-mcp show {task_id} --wait 600 --simulate`" in stderr
     assert "Traceback" not in stderr
+
+
+def test_ctrl_c_then_the_printed_command_verbatim_gets_the_video(tmp_path: Path, image: Path) -> None:
+    """The built-in simulator remembers: a task created by one --simulate process finishes in the next."""
+    env = env_for(tmp_path, WANX_SIMULATOR_SPEED="20")  # wan2.2-i2v-flash: ~3 s
+    process = subprocess.Popen([*WANX, "generate", str(image), "--simulate"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    assert first.startswith("submitted "), first
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    [command] = re.findall(r"`(wanx-mcp show [^`]+)`", stderr)
+    assert command.endswith("--simulate")
+    words = shlex.split(command)
+    resumed = subprocess.run([*WANX, *words[1:]], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "SUCCEEDED" in resumed.stdout
+    video = Path(resumed.stdout.split("video  ", 1)[1].split()[0])
+    assert video.is_file() and video.read_bytes()[4:8] == b"ftyp"
