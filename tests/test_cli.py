@@ -142,6 +142,7 @@ def test_every_command_accepts_simulate_and_has_help_for_every_option() -> None:
     assert {"install", "doctor", "models", "simulator", "demo", "serve"} <= set(commands)
     for name, sub in commands.items():
         assert "--simulate" in sub.format_help(), name
+        assert "``" not in sub.format_help(), f"reST markup in `wanx-mcp {name} --help`"
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     assert root.parse_args(["models", "--simulate"]).simulate
