@@ -187,13 +187,16 @@ class Wanx:
         """
         settings = settings or load_settings()
         async with AsyncExitStack() as stack:
+            journal = Journal(settings.journal_path)  # first: it reports an unusable data folder clearly
+            stack.callback(journal.close)
             if settings.simulate:
                 from .simulator import SimulatorConfig, running_simulator
 
-                sim = stack.enter_context(running_simulator(SimulatorConfig(speed=settings.simulator_speed)))
+                remembered = SimulatorConfig(
+                    speed=settings.simulator_speed, state_path=settings.data_dir / "simulator.sqlite3"
+                )
+                sim = stack.enter_context(running_simulator(remembered))
                 settings = settings.simulated(sim.base_url, sim.speed)
-            journal = Journal(settings.journal_path)
-            stack.callback(journal.close)
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **(client_options or {})))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             watcher = Watcher(client, journal, settings, downloads, on_change=on_change)
