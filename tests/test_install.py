@@ -142,7 +142,7 @@ def test_vscode_workspace_file_with_config(tmp_path: Path, install: Install) -> 
 @pytest.mark.parametrize(
     ("args", "content", "message"),
     [
-        (["--env", "NOEQUALS"], None, "InvalidInput: --env='NOEQUALS': must be KEY=VALUE"),
+        (["--env", KEY], None, "InvalidInput: --env='32 characters': must be KEY=VALUE"),
         ([], '{"servers": {} // a comment\n}', "is not plain JSON"),
         ([], '["a list"]', "does not hold a JSON object"),
         (["--print"], None, None),
@@ -160,6 +160,7 @@ def test_bad_input_exits_2_and_leaves_the_file(
         assert done.returncode == 0
     else:
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert KEY not in done.stdout + done.stderr
     assert (path.read_text() if path.exists() else None) == content
     assert not backups(path)
 

@@ -99,8 +99,8 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput("--env", pair, "must be KEY=VALUE")
+        if not sep or not key.strip():  # not repeated: it may be a key typed without its name
+            raise InvalidInput("--env", f"{len(pair)} characters", "must be KEY=VALUE, e.g. WANX_REGION=singapore")
         env[key.strip()] = value
     return env
 
