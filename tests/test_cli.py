@@ -177,8 +177,10 @@ def test_ctrl_c_then_the_printed_command_verbatim_gets_the_video(tmp_path: Path,
     process = subprocess.Popen([*WANX, "generate", str(image), "--simulate"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert process.stderr is not None
-    first = process.stderr.readline()
-    assert first.startswith("submitted "), first
+    before = [process.stderr.readline()]
+    while before[-1] and not before[-1].startswith("submitted "):
+        before.append(process.stderr.readline())
+    assert before[-1].startswith("submitted "), before
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
