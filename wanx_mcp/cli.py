@@ -91,12 +91,13 @@ async def _wait_with_progress(wanx: Wanx, task: Task, wait_seconds: float, surfa
     """Wait with a bar that fills over the server's estimate of the generation time, and the time left."""
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), TimeElapsedColumn())
     latest = task
+    estimate = wanx.watcher.estimate(task).seconds
     with Progress(*columns, console=err, transient=True) as progress:
-        bar = progress.add_task(f"{task.status}: {task.task_id}", total=wanx.watcher.estimate(task).seconds)
+        bar = progress.add_task(f"{task.status}: {task.task_id}", total=estimate)
 
         def update() -> None:
             done = wanx.watcher.elapsed(latest.task_id)
-            left = remaining_seconds(wanx.watcher, latest) or 0.0
+            left = 0.0 if latest.is_final else max(estimate - done, 0.0)
             state = "downloading" if latest.status == "SUCCEEDED" and not latest.video_path else latest.status
             progress.update(bar, description=f"{state}: {latest.task_id}", completed=done, total=done + left)
 
