@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from support import WANX, isolated_env
+from support import WANX, isolated_env, settings_for
 
 from wanx_mcp.catalog import MODELS
 from wanx_mcp.errors import AGENT, DashScopeError, InvalidInput, MissingApiKey, Surface
 from wanx_mcp.journal import Journal
+from wanx_mcp.service import Wanx
 from wanx_mcp.tasks import Task, hint_for
 
 
@@ -115,6 +116,18 @@ def test_one_source_of_hints_in_each_surface_s_words() -> None:
     assert "get_task(task_id='0123abcd-0000', wait_seconds=50)" in hint_for(running, 30)
     assert "`wanx-mcp show 0123abcd-0000 --wait 600 --simulate`" in hint_for(running, 30, simulating)
     assert "(about 30 s left)" in hint_for(running, 30, person)
+
+
+@pytest.mark.anyio
+async def test_the_library_error_for_a_fixable_image_names_the_fix_for_both(tmp_path: Path, simulator: Any) -> None:
+    transparent = tmp_path / "logo.png"
+    Image.new("RGBA", (640, 480), (255, 0, 0, 128)).save(transparent)
+    async with Wanx.open(settings_for(simulator, tmp_path)) as wanx:
+        with pytest.raises(InvalidInput) as refused:
+            await wanx.create({"image": str(transparent), "prompt": "x"})
+    assert str(refused.value).endswith("fit_image=true fixes this")
+    assert refused.value.render(Surface(cli=True)).endswith("--fit-image fixes this")
+    assert simulator.state.stats()["creates_received"] == 0  # nothing was sent
 
 
 def test_a_wait_that_runs_out_exits_1_with_the_command_to_resume(tmp_path: Path, image: Path) -> None:
