@@ -249,7 +249,7 @@ class Wanx:
                     source, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
                 )
             except InvalidInput as exc:  # the image checks name the first frame
-                raise InvalidInput(slot, exc.value, exc.rule, exc.valid) from None
+                raise InvalidInput(slot, exc.value, exc.rule, exc.valid, fixed_by=exc.fixed_by) from None
         return prepared
 
     async def _prepared_urls(self, request: VideoRequest) -> dict[str, str]:
