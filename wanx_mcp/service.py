@@ -21,6 +21,7 @@ from .config import Settings, load_settings
 from .dashscope import DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
+from .media import Media
 from .ratelimit import RateLimiter
 from .request import VideoRequest, build_request
 from .store import JournalError, Submission, TaskStore, new_owner_id, open_store
@@ -184,11 +185,19 @@ def check_task_id(task_id: str) -> str:
 class Wanx:
     """Submits and follows video tasks; open one with ``async with Wanx.open(settings) as wanx``."""
 
-    def __init__(self, settings: Settings, client: DashScopeClient, store: TaskStore, watcher: Watcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: DashScopeClient,
+        store: TaskStore,
+        watcher: Watcher,
+        media: Media | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.store = store
         self.watcher = watcher
+        self.media = media or Media()
         #: Tasks created upstream whose journaling failed: task, journaled request, submission id.
         self._unjournaled: dict[str, tuple[Task, dict[str, Any], int]] = {}
         self._recover_soon = anyio.Event()  # set when there is something to recover now
@@ -211,28 +220,32 @@ class Wanx:
         """
         settings = settings or load_settings()
         async with AsyncExitStack() as stack:
+            store = store or await open_store(settings)  # first: it reports an unusable data folder clearly
+            stack.push_async_callback(store.close)
             if settings.simulate:
                 from .simulator import SimulatorConfig, running_simulator
 
-                sim = stack.enter_context(running_simulator(SimulatorConfig(speed=settings.simulator_speed)))
+                remembered = SimulatorConfig(
+                    speed=settings.simulator_speed, state_path=settings.data_dir / "simulator.sqlite3"
+                )
+                sim = stack.enter_context(running_simulator(remembered))
                 settings = settings.simulated(sim.base_url, sim.speed)
-            store = store or await open_store(settings)
-            stack.push_async_callback(store.close)
             owner = new_owner_id()
             limiter = RateLimiter(store=store, owner=owner, owner_ttl=settings.lease_ttl)
             options = {"limiter": limiter, **(client_options or {})}
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **options))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
+            media = Media()
             watcher = Watcher(
-                client, store, settings, downloads, on_change=on_change, owner=owner, lease_ttl=settings.lease_ttl,
-                renew_every=settings.lease_ttl / 3,
+                client, store, settings, downloads, on_change=on_change, check_video=media.check_download,
+                owner=owner, lease_ttl=settings.lease_ttl, renew_every=settings.lease_ttl / 3,
             )  # fmt: skip
             client.refresh_holders = watcher.refresh
             failure: BaseException | None = None
             async with anyio.create_task_group() as group:
                 try:
                     await group.start(watcher.run)  # e.g. a damaged journal: its JournalError, not a group of it
-                    wanx = cls(settings, client, store, watcher)
+                    wanx = cls(settings, client, store, watcher, media)
                     group.start_soon(wanx._recover_forever)
                     yield wanx
                 except BaseException as exc:  # re-raised below, outside the group, so it is not wrapped
@@ -254,7 +267,7 @@ class Wanx:
                     source, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
                 )
             except InvalidInput as exc:  # the image checks name the first frame
-                raise InvalidInput(slot, exc.value, exc.rule, exc.valid) from None
+                raise InvalidInput(slot, exc.value, exc.rule, exc.valid, fixed_by=exc.fixed_by) from None
         return prepared
 
     async def _prepared_urls(self, request: VideoRequest) -> dict[str, str]:
