@@ -8,6 +8,7 @@ gives one line naming the journal and what to do, with an exit code, from ``wanx
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -18,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from support import WANX, isolated_env, settings_for
+from support import WANX, isolated_env, settings_for, simulator_env
 
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
@@ -63,7 +64,7 @@ def one_clear_line(stderr: str, path: Path) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith(f"error: JournalError: the task journal at {path} is damaged (")
-    assert "Move it aside" in lines[0] and "list_tasks with a start_time" in lines[0]
+    assert "Run `wanx-mcp doctor --rebuild-journal`: it sets the file aside" in lines[0]
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -133,3 +134,31 @@ async def test_an_unexpected_exception_in_one_follow_loop_is_logged_once_and_ret
         assert again.status is Status.SUCCEEDED and again.video_path
     unexpected = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
     assert len(unexpected) == 1 and unlucky.task_id in unexpected[0].getMessage()
+
+
+@pytest.mark.slow
+async def test_rebuild_journal_sets_the_damaged_one_aside_and_journals_the_accounts_tasks_again(
+    simulator: RunningSimulator, tmp_path: Path, image: Path
+) -> None:
+    async with Wanx.open(settings_for(simulator, tmp_path)) as wanx:
+        done = [await wanx.generate({"image": str(image)}, 30) for _ in range(2)]
+    assert all(task.status is Status.SUCCEEDED for task in done)
+    path = tmp_path / "data" / "journal.sqlite3"
+    for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    path.write_bytes(os.urandom(64 * 1024))
+    for video in (tmp_path / "data" / "videos").iterdir():
+        video.unlink()
+    env = isolated_env(tmp_path, **simulator_env(simulator))
+    rebuilt = subprocess.run([*WANX, "doctor", "--rebuild-journal", "--json"], env=env, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    report = json.loads(rebuilt.stdout)
+    assert Path(report["set_aside"]).name.startswith("journal.sqlite3.broken-") and Path(report["set_aside"]).is_file()
+    assert sorted(t["task_id"] for t in report["tasks"]) == sorted(t.task_id for t in done)
+    assert {t["status"] for t in report["tasks"]} == {"SUCCEEDED"}
+    shown = subprocess.run([*WANX, "show", done[0].task_id, "--wait", "60", "--json"], env=env, capture_output=True,
+                           text=True, timeout=90)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    video = json.loads(shown.stdout)["video_path"]
+    assert video and Path(video).read_bytes()[4:8] == b"ftyp"

@@ -253,6 +253,8 @@ def _install(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import describe, exit_code, run_checks
 
+    if args.rebuild_journal:
+        return anyio.run(_rebuild_journal, args)
     checks = run_checks(_settings(args))
     if args.json:
         _print_json({"ok": exit_code(checks) == 0, "checks": [c.as_dict() for c in checks]})
@@ -261,6 +263,27 @@ def _doctor(args: argparse.Namespace) -> int:
         for check in checks:
             out.print(describe(check), style=styles[check.level], markup=False)
     return exit_code(checks)
+
+
+async def _rebuild_journal(args: argparse.Namespace) -> int:
+    """Set a (damaged) SQLite journal aside, start a new one and journal the account's last 24 hours into it."""
+    from .store.sqlite import set_aside
+
+    settings = _settings(args)
+    if settings.database_url:
+        raise InvalidInput("--rebuild-journal", True, "is for the SQLite journal; WANX_DATABASE_URL names PostgreSQL")
+    moved = set_aside(settings.journal_path)
+    err.print(f"set {settings.journal_path} aside as {moved.name}" if moved else "there was no journal", markup=False)
+    async with Wanx.open(settings) as wanx:
+        tasks = await wanx.relist()
+    if args.json:
+        _print_json({"set_aside": str(moved) if moved else None, "tasks": [t.model_dump(mode="json") for t in tasks]})
+        return EXIT_OK
+    for task in tasks:
+        out.print(f"{task.task_id}  {task.status}  {task.model}  {task.created_at or ''}", markup=False)
+    err.print(f"journaled {len(tasks)} task(s) of the last 24 hours from DashScope's task list; a running wanx-mcp "
+              "follows them and downloads their videos (or: wanx-mcp show TASK_ID --wait 600)", markup=False)
+    return EXIT_OK
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -336,6 +359,9 @@ def parser() -> argparse.ArgumentParser:
     install.set_defaults(run=_install)
 
     doctor = commands.add_parser("doctor", help="check the key, region, data folder, journal and client configs")
+    doctor.add_argument("--rebuild-journal", action="store_true",
+                        help="set a damaged journal aside, start a new one and journal the account's tasks of the "
+                        "last 24 hours from DashScope's task list")  # fmt: skip
     doctor.set_defaults(run=_doctor)
 
     for sub in (generate, show, tasks, models, doctor):

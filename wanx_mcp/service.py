@@ -37,6 +37,7 @@ LIST_WINDOW = timedelta(hours=24)
 ADOPT_WITHIN = timedelta(minutes=2)
 STALE_SECONDS = 5.0
 NOT_OURS = "not created through this server: not journaled or downloaded"
+RELISTED = "journaled again from DashScope's task list (the journal was rebuilt): its request is not known"
 PROGRESS_EVERY = 4.0
 #: Seconds between looks for submissions whose outcome is unknown (and tasks waiting to be journaled).
 RECOVER_EVERY = 10.0
@@ -452,6 +453,23 @@ class Wanx:
             task = await self.store.get(item.task_id) or await self._adopt(item, unclaimed) or _listed_only(item)
             tasks.append(await self._present(task))
         return tasks
+
+    async def relist(self) -> list[Task]:
+        """Journal the account's tasks of the last 24 hours (up to 100, from DashScope's task list) that the journal
+        lacks, each as DashScope answers for it now, and follow them (a new journal after a damaged one was set
+        aside: their videos are downloaded while the links last). Returns the tasks journaled."""
+        end = utcnow() + timedelta(seconds=1)
+        page = await self.client.list_tasks(start_time=end - LIST_WINDOW, end_time=end, page_size=100)
+        journaled = []
+        for item in page.data:
+            if not TASK_ID.fullmatch(item.task_id) or await self.store.get(item.task_id) is not None:
+                continue
+            listed = _listed_only(item).model_copy(update={"notes": [RELISTED]})
+            task = apply_response(listed, await self.client.get_task(item.task_id))[0]
+            if await self.watcher.claim(task.task_id) and await self.store.insert_task(task, {}):
+                self.watcher.follow(task)
+                journaled.append(task)
+        return journaled
 
     async def recover(self) -> None:
         """Journal the tasks kept in memory, then look for the task of every submission whose outcome is unknown

@@ -157,10 +157,9 @@ class SQLiteStore(TaskStore):
     def _damaged(self, detail: str) -> JournalError:
         """The error of a journal that cannot be read as one: where it is, what is wrong, what to do (one line)."""
         return JournalError(
-            f"JournalError: the task journal at {self.location} is damaged ({detail}). Move it aside (rename it, "
-            f"e.g. to {self.path.name}.broken, with its -wal and -shm files) and start wanx-mcp again: it makes a new "
-            "empty journal; then list_tasks with a start_time lists the account's tasks of the last 24 hours from "
-            "DashScope again (get_task shows any of them, and its video_url stays valid for 24 hours)."
+            f"JournalError: the task journal at {self.location} is damaged ({detail}). Run `wanx-mcp doctor "
+            "--rebuild-journal`: it sets the file aside, starts a new journal and journals the account's tasks of the "
+            "last 24 hours from DashScope's task list again (or move it aside yourself, with its -wal and -shm files)."
         )
 
     async def open(self) -> None:
@@ -627,6 +626,21 @@ class SQLiteStore(TaskStore):
             return max(sent[1] + window - now, EPSILON)
 
         return await self._run(reserve, write=True)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a (damaged) journal and its ``-wal`` and ``-shm`` files to ``<name>.broken-<UTC time>``, so that the
+    next open makes a new empty one; returns the new name of the journal (None if there was none)."""
+    if not path.exists():
+        return None
+    suffix = ".broken-" + utcnow().strftime("%Y%m%dT%H%M%SZ")
+    for companion in ("-wal", "-shm"):
+        extra = path.with_name(path.name + companion)
+        if extra.exists():
+            extra.rename(path.with_name(path.name + suffix + companion))
+    moved = path.with_name(path.name + suffix)
+    path.rename(moved)
+    return moved
 
 
 def _insert_submission(db: sqlite3.Connection, model: str, request: dict[str, Any], owner: str,
