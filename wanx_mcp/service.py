@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from .catalog import MODELS, ModelSpec, RateLimit, budget_price, get_model
 from .config import Settings, load_settings
 from .dashscope import DashScopeClient, TaskListItem
-from .errors import InvalidInput, WanxError
+from .errors import DashScopeError, InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .media import Media
 from .ratelimit import RateLimiter
@@ -465,7 +465,11 @@ class Wanx:
             if not TASK_ID.fullmatch(item.task_id) or await self.store.get(item.task_id) is not None:
                 continue
             listed = _listed_only(item).model_copy(update={"notes": [RELISTED]})
-            task = apply_response(listed, await self.client.get_task(item.task_id))[0]
+            try:
+                task = apply_response(listed, await self.client.get_task(item.task_id))[0]
+            except DashScopeError as exc:  # gone meanwhile, or a passing failure: as listed, the watcher asks again
+                log.warning("could not ask DashScope about listed task %s: %s", item.task_id, exc.code)
+                task = listed
             if await self.watcher.claim(task.task_id) and await self.store.insert_task(task, {}):
                 self.watcher.follow(task)
                 journaled.append(task)
