@@ -42,6 +42,8 @@ POOL_SIZE = 10
 EPSILON = 1e-6
 #: First key of this store's advisory locks: (LOCK_SPACE, 0) guards migrations, (LOCK_SPACE + 1, hash) a family.
 LOCK_SPACE = 0x77616E78
+#: ``application_name`` of the pooled connections and of the one that listens for notifications.
+POOL_NAME, LISTENER_NAME = "wanx-mcp", "wanx-mcp notifications"
 TASKS_CHANNEL = "wanx_task"
 LIMITS_CHANNEL = "wanx_limits"
 
@@ -146,7 +148,9 @@ class PostgresStore(TaskStore):
 
     async def _connect(self) -> Connection:
         try:
-            return await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            return await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=LISTENER_NAME
+            )
         except psycopg.Error as exc:
             raise self._error("open", exc) from None
 
@@ -175,8 +179,9 @@ class PostgresStore(TaskStore):
             await self._migrate(listener)
             await self._subscribe(listener)
             pool = AsyncConnectionPool(
-                self._url, min_size=1, max_size=self._pool_size, open=False, name="wanx-mcp",
-                check=AsyncConnectionPool.check_connection, kwargs={"connect_timeout": CONNECT_TIMEOUT},
+                self._url, min_size=1, max_size=self._pool_size, open=False, name=POOL_NAME,
+                check=AsyncConnectionPool.check_connection,
+                kwargs={"connect_timeout": CONNECT_TIMEOUT, "application_name": POOL_NAME},
             )  # fmt: skip
             try:
                 await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
