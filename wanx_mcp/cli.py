@@ -60,13 +60,13 @@ def _describe(task: Task) -> None:
 
 
 async def _wait_with_progress(wanx: Wanx, task: Task, wait_seconds: float) -> Task:
-    estimate = wanx.watcher.estimate(task).seconds
+    estimate = (await wanx.watcher.estimate(task)).seconds
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         bar = progress.add_task(f"{task.status}: {task.task_id}", total=None)
 
         async def show(current: Task, elapsed: float) -> None:
-            left = max(0, int(estimate - wanx.watcher.elapsed(current.task_id)))
+            left = max(0, int(estimate - wanx.watcher.elapsed(current)))
             eta = f", about {left} s left" if not current.is_final and left else ""
             state = "downloading" if current.status == "SUCCEEDED" and not current.video_path else current.status
             progress.update(bar, description=f"{state}: {current.task_id}{eta}")
@@ -123,7 +123,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 async def _tasks(args: argparse.Namespace) -> int:
     async with Wanx.open(_settings(args)) as wanx:
-        tasks = wanx.list(args.status, args.limit)
+        tasks = await wanx.list(args.status, args.limit)
     if args.json:
         _print_json({"tasks": [t.model_dump(mode="json") for t in tasks]})
         return EXIT_OK

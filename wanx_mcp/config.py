@@ -30,9 +30,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("wanx-mcp")))
     poll_interval: float = 15.0
     wait_seconds: float = 50.0
-    allowed_dirs: tuple[Path, ...] = field(
-        default_factory=lambda: (Path.home(), Path(tempfile.gettempdir()))
-    )
+    allowed_dirs: tuple[Path, ...] = field(default_factory=lambda: (Path.home(), Path(tempfile.gettempdir())))
     download: bool = True
     download_hosts: tuple[str, ...] = ("*.aliyuncs.com",)
     mcp_token: str | None = field(default=None, repr=False)
@@ -41,6 +39,7 @@ class Settings:
     simulator_speed: float = 10.0
     time_scale: float = 1.0
     database_url: str | None = field(default=None, repr=False)
+    lease_ttl: float = 30.0
 
     @property
     def videos_dir(self) -> Path:
@@ -113,6 +112,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         simulate=simulate,
         simulator_speed=_number(env, "WANX_SIMULATOR_SPEED", defaults.simulator_speed),
         database_url=_database_url(env.get("WANX_DATABASE_URL")),
+        lease_ttl=_number(env, "WANX_LEASE_TTL", defaults.lease_ttl),
     )
 
 

@@ -219,7 +219,7 @@ def build_server(wanx: Wanx) -> MCPServer:
         """Tasks this server has submitted, newest first, from its journal (survives restarts); with start_time
         or model_name, the account's tasks as DashScope lists them."""
         if start_time is None and model_name is None:
-            return TaskList(tasks=wanx.list(status, limit))
+            return TaskList(tasks=await wanx.list(status, limit))
         return TaskList(tasks=await wanx.find(start_time, model_name, status, limit))
 
     @server.tool(
@@ -236,11 +236,11 @@ def build_server(wanx: Wanx) -> MCPServer:
 
     @server.resource("wanx://tasks", mime_type="application/json", title="Recent tasks")
     async def tasks_resource() -> str:
-        return TaskList(tasks=wanx.list(limit=50)).model_dump_json(indent=2)
+        return TaskList(tasks=await wanx.list(limit=50)).model_dump_json(indent=2)
 
-    def journaled(task_id: str) -> Task:
+    async def journaled(task_id: str) -> Task:
         try:
-            task = wanx.journal.get(check_task_id(task_id))
+            task = await wanx.store.get(check_task_id(task_id))
         except WanxError as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         if task is None:
@@ -249,11 +249,11 @@ def build_server(wanx: Wanx) -> MCPServer:
 
     @server.resource("wanx://tasks/{task_id}", mime_type="application/json", title="One task")
     async def task_resource(task_id: str) -> str:
-        return journaled(task_id).model_dump_json(indent=2)
+        return (await journaled(task_id)).model_dump_json(indent=2)
 
     @server.resource("wanx://tasks/{task_id}/video", mime_type="video/mp4", title="A task's video")
     async def video_resource(task_id: str) -> bytes:
-        task = journaled(task_id)
+        task = await journaled(task_id)
         if not task.video_path or not await anyio.Path(task.video_path).is_file():
             raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
         return await anyio.Path(task.video_path).read_bytes()
