@@ -22,9 +22,9 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from wanx_mcp.catalog import WAN_25_26
-from wanx_mcp.journal import Journal
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 from wanx_mcp.simulator.app import sample_video
+from wanx_mcp.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -108,15 +108,16 @@ async def test_sigkill_mid_flight_then_restart_loses_nothing(make_simulator: Mak
     assert stats["creates_received"] == stats["tasks_created"] == 5  # nothing re-submitted, nothing paid twice
     assert all(status == "SUCCEEDED" for status in upstream(sim).values())
 
-    journal = Journal(data_dir / "journal.sqlite3")
+    journal = SQLiteStore(data_dir / "journal.sqlite3")
+    await journal.open()
     try:
-        assert journal.unfinished() == []  # the journal owes nothing: every task final and downloaded
+        assert await journal.unfinished() == []  # the journal owes nothing: every task final and downloaded
         for task_id in created:
-            task = journal.get(task_id)
+            task = await journal.get(task_id)
             assert task is not None and task.status == "SUCCEEDED" and task.video_path
             video = Path(task.video_path).read_bytes()
             assert len(video) == len(sample_video()) and video[4:8] == b"ftyp" and video == sample_video()
-            assert [status for _, status in journal.events(task_id)][-1] == "SUCCEEDED"
+            assert [status for _, status in await journal.events(task_id)][-1] == "SUCCEEDED"
     finally:
-        journal.close()
+        await journal.close()
     assert sorted(p.name for p in videos.iterdir()) == sorted(f"{task_id}.mp4" for task_id in created)  # no .part

@@ -135,7 +135,8 @@ async def test_listing_unfinished_and_download_notes(store: TaskStore) -> None:
     record = await store.record("t-unsaved")
     assert record.download_attempts == 2 and record.download_error == "HTTP 502" and record.version == 1
     await store.update_task(task("t-unsaved", Status.SUCCEEDED, video_path="/u.mp4"), 1)
-    assert (await store.record("t-unsaved")).download_error is None
+    saved = await store.record("t-unsaved")
+    assert (saved.task.video_path, saved.download_attempts, saved.download_error) == ("/u.mp4", 2, "HTTP 502")
     assert [t.task_id for t in await store.unfinished()] == ["t-pending", "t-running"]
 
 

@@ -269,7 +269,7 @@ class RateLimiter:
             except JournalError as exc:
                 log.warning("could not record that task %s holds its slot (will retry): %s", task_id, exc)
                 return
-            del self._unassigned[slot_id]
+            self._unassigned.pop(slot_id, None)
 
     def _family(self, family: str) -> _Family:
         try:

@@ -323,7 +323,7 @@ class Wanx:
                 return await self._present(self._unjournaled[task_id][0])
             raise InvalidInput("task_id", task_id, "is not in the journal")
         task, version = record.task, record.version
-        while not settled(task, self.settings.download):
+        while self.watcher.is_following(task_id) or not settled(task, self.settings.download):
             left = deadline - anyio.current_time()
             if left <= 0:
                 break

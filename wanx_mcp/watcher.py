@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -143,6 +144,7 @@ class Watcher:
         """Resume every task the store still owes something that nobody follows, then follow new ones and take
         over abandoned ones until cancelled; on the way out, give the leases up for others to take."""
         await self._store.heartbeat(self.owner, self.lease_ttl, time.time())
+        await self._reap()
         await self._sweep()
         try:
             async with anyio.create_task_group() as group:
@@ -162,6 +164,7 @@ class Watcher:
         now = time.time()
         try:
             await self._store.heartbeat(self.owner, self.lease_ttl, now)
+            await self._reap()
             held = set(await self._store.renew_leases(self.owner, self.lease_ttl, now))
             for task_id, scope in list(self._scopes.items()):
                 if task_id not in held:
@@ -172,6 +175,20 @@ class Watcher:
                     self.follow(task)
         except WanxError as exc:
             log.error("could not renew watch leases: %s", exc)
+
+    async def _reap(self) -> None:
+        """Retire the owners on this machine whose process is gone (killed), so that their tasks are taken over
+        and their submissions resolved at once rather than when their heartbeat lapses."""
+        host = socket.gethostname()
+        for owner in await self._store.live_owners(time.time()):
+            parts = owner.rsplit(":", 2)  # new_owner_id: host:pid:tag
+            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid == os.getpid() or _alive(pid):
+                continue
+            log.warning("process %s of %s is gone: taking over its tasks", pid, owner)
+            await self._store.retire(owner)
 
     async def _sweep(self) -> None:
         """Delete temporary download files older than every live lease: their downloads are over."""
@@ -342,6 +359,16 @@ class Watcher:
             return task.model_copy(update={"video_path": str(Path(dest)), "notes": notes})
 
         await self._changed_to(task_id, saved)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
 
 
 def _noted(note: str) -> Callable[[Task], Task]:

@@ -140,8 +140,8 @@ class TaskStore(ABC):
         version (``expected_version + 1``), or None if the record changed meanwhile (or is missing).
 
         A status change appends an event in the same transaction. ``generation_seconds`` (DashScope's own
-        submit-to-end time, for poll scheduling) is kept when None. Saving a ``video_path`` clears the
-        recorded download error.
+        submit-to-end time, for poll scheduling) is kept when None. The download bookkeeping
+        (:meth:`note_download_failure`) is left as it is: the last error stays on record after a success.
         """
 
     @abstractmethod

@@ -218,10 +218,9 @@ class SQLiteStore(TaskStore):
                 return None
             db.execute(
                 "UPDATE tasks SET status = ?, finished_at = ?, video_path = ?, data = ?, version = version + 1,"
-                " generation_seconds = COALESCE(?, generation_seconds),"
-                " download_error = CASE WHEN ? IS NULL THEN download_error END WHERE task_id = ?",
+                " generation_seconds = COALESCE(?, generation_seconds) WHERE task_id = ?",
                 (task.status, task.finished_at, task.video_path, task.model_dump_json(), generation_seconds,
-                 task.video_path, task.task_id),
+                 task.task_id),
             )  # fmt: skip
             if row["status"] != task.status:
                 db.execute("INSERT INTO events VALUES (?, ?, ?)", (task.task_id, iso(utcnow()), task.status))
