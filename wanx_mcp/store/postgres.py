@@ -40,8 +40,10 @@ CONNECT_TIMEOUT = 10
 POOL_SIZE = 10
 #: Slack when comparing times, so float rounding does not move a send out of its window.
 EPSILON = 1e-6
-#: First key of this store's advisory locks: (LOCK_SPACE, 0) guards migrations, (LOCK_SPACE + 1, hash) a family.
+#: First key of this store's advisory locks: (LOCK_SPACE, 0) guards migrations; a family's slots and queue take
+#: (SLOTS_LOCK, hash of the family), its pacing (SENDS_LOCK, hash of the family).
 LOCK_SPACE = 0x77616E78
+SLOTS_LOCK, SENDS_LOCK = LOCK_SPACE + 1, LOCK_SPACE + 2
 #: ``application_name`` of the pooled connections and of the one that listens for notifications.
 POOL_NAME, LISTENER_NAME = "wanx-mcp", "wanx-mcp notifications"
 TASKS_CHANNEL = "wanx_task"
@@ -95,6 +97,30 @@ LIVE_OWNERS = "SELECT owner FROM owners WHERE expires > %(now)s"
 SLOT_IN_USE = (
     "(expires IS NULL OR expires > %(now)s)"
     f" AND (task_id IS NOT NULL OR expires IS NOT NULL OR owner IN ({LIVE_OWNERS}))"
+)
+
+#: take_slot's statements: whether the ticket is live and how many live ones are ahead of it; dropping lapsed
+#: tickets and slots (how many); the line's first ticket, its owner, the slots in use, whether the ticket still
+#: exists; turning the ticket into a slot.
+TICKETS_AHEAD = (
+    f"SELECT EXISTS (SELECT 1 FROM tickets WHERE id = %(ticket)s AND owner IN ({LIVE_OWNERS})),"
+    " (SELECT count(*) FROM tickets WHERE family = %(family)s AND id < %(ticket)s"
+    f" AND owner IN ({LIVE_OWNERS}))"
+)
+FREE_LAPSED = (
+    f"WITH t AS (DELETE FROM tickets WHERE family = %(family)s AND owner NOT IN ({LIVE_OWNERS}) RETURNING 1),"
+    f" s AS (DELETE FROM slots WHERE family = %(family)s AND NOT ({SLOT_IN_USE}) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM s)"
+)
+LINE_STATE = (
+    "SELECT f.id, f.owner, (SELECT count(*) FROM slots WHERE family = %(family)s),"
+    " EXISTS (SELECT 1 FROM tickets WHERE id = %(ticket)s)"
+    " FROM (SELECT 1) one LEFT JOIN LATERAL"
+    " (SELECT id, owner FROM tickets WHERE family = %(family)s ORDER BY id LIMIT 1) f ON true"
+)
+TAKE = (
+    "WITH d AS (DELETE FROM tickets WHERE id = %(ticket)s)"
+    " INSERT INTO slots (family, owner) VALUES (%(family)s, %(owner)s) RETURNING id"
 )
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -156,14 +182,19 @@ class PostgresStore(TaskStore):
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Connection]:
-        """A pooled connection in a transaction, committed at the end (rolled back on an error)."""
+        """A pooled connection in a transaction, committed at the end (rolled back on an error).
+
+        Shielded from cancellation: a caller cancelled meanwhile (a timeout) gets the result all the same and is
+        cancelled at its next checkpoint, so what was committed is never lost on the way back (a slot taken, a
+        ticket drawn), and no connection is closed for a query interrupted half-way."""
         if self._pool is None:
             raise JournalError(f"JournalError: the task store at {self.location} is not open")
-        try:
-            async with self._pool.connection() as conn:
-                yield conn
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise self._error("use", exc) from None
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._pool.connection() as conn:
+                    yield conn
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise self._error("use", exc) from None
 
     async def _one(self, query: str, params: Any = None) -> tuple[Any, ...] | None:
         async with self._transaction() as conn:
@@ -179,7 +210,7 @@ class PostgresStore(TaskStore):
             await self._migrate(listener)
             await self._subscribe(listener)
             pool = AsyncConnectionPool(
-                self._url, min_size=1, max_size=self._pool_size, open=False, name=POOL_NAME,
+                self._url, min_size=2, max_size=self._pool_size, open=False, name=POOL_NAME,
                 check=AsyncConnectionPool.check_connection,
                 kwargs={"connect_timeout": CONNECT_TIMEOUT, "application_name": POOL_NAME},
             )  # fmt: skip
@@ -311,12 +342,10 @@ class PostgresStore(TaskStore):
             if row is None:
                 return None
             await conn.execute(
-                "UPDATE tasks SET status = %(status)s, finished_at = %(finished)s, video_path = %(path)s,"
-                " data = %(data)s, version = version + 1,"
-                " generation_seconds = COALESCE(%(seconds)s, generation_seconds),"
-                " download_error = CASE WHEN %(path)s::text IS NULL THEN download_error END WHERE task_id = %(id)s",
-                {"status": task.status, "finished": task.finished_at, "path": task.video_path,
-                 "data": task.model_dump_json(), "seconds": generation_seconds, "id": task.task_id},
+                "UPDATE tasks SET status = %s, finished_at = %s, video_path = %s, data = %s, version = version + 1,"
+                " generation_seconds = COALESCE(%s, generation_seconds) WHERE task_id = %s",
+                (task.status, task.finished_at, task.video_path, task.model_dump_json(), generation_seconds,
+                 task.task_id),
             )  # fmt: skip
             if row[0] != task.status:
                 await conn.execute("INSERT INTO events (task_id, status) VALUES (%s, %s)", (task.task_id, task.status))
@@ -528,41 +557,24 @@ class PostgresStore(TaskStore):
         return int(row[0])
 
     async def take_slot(self, family: str, ticket: int, limit: int, now: float) -> int | None:
-        params = {"family": family, "now": now, "ticket": ticket}
-        gone = False
+        params = {"family": family, "now": now, "ticket": ticket, "limit": limit}
         async with self._transaction() as conn:
+            # most waiters are far back in line: one read tells them, without the family's lock or any write (the
+            # few nearest the front wait for the lock, so the next one in line is served as soon as a slot frees)
+            mine, ahead = await _fetch(conn, TICKETS_AHEAD, params)
+            if mine and ahead >= limit:
+                return None
             await _lock(conn, family)
-            changed = (
-                await conn.execute(
-                    f"DELETE FROM tickets WHERE family = %(family)s AND owner NOT IN ({LIVE_OWNERS})", params
-                )
-            ).rowcount
-            changed += (
-                await conn.execute(f"DELETE FROM slots WHERE family = %(family)s AND NOT ({SLOT_IN_USE})", params)
-            ).rowcount
-            first = await (
-                await conn.execute(
-                    "SELECT id, owner FROM tickets WHERE family = %(family)s ORDER BY id LIMIT 1", params
-                )
-            ).fetchone()
+            changed = (await _fetch(conn, FREE_LAPSED, params))[0]
+            first, owner, in_use, exists = await _fetch(conn, LINE_STATE, params)
             slot = None
-            if first is None or first[0] != ticket:
-                gone = not await (await conn.execute("SELECT 1 FROM tickets WHERE id = %(ticket)s", params)).fetchone()
-            else:
-                in_use = await (
-                    await conn.execute("SELECT count(*) FROM slots WHERE family = %(family)s", params)
-                ).fetchone()
-                if in_use is not None and in_use[0] < limit:
-                    await conn.execute("DELETE FROM tickets WHERE id = %(ticket)s", params)
-                    slot = await (await conn.execute(
-                        "INSERT INTO slots (family, owner) VALUES (%s, %s) RETURNING id", (family, first[1]),
-                    )).fetchone()  # fmt: skip
-                    changed += 1
-            if changed:
+            if first == ticket and in_use < limit:
+                slot = (await _fetch(conn, TAKE, params | {"owner": owner}))[0]
+            if changed or slot is not None:
                 await _bump(conn, family)
-        if gone:
+        if not exists:
             raise LookupError(f"ticket {ticket} of {family} is gone: its owner's heartbeat lapsed")
-        return None if slot is None else int(slot[0])
+        return None if slot is None else int(slot)
 
     async def _change_slots(self, statement: str, params: tuple[Any, ...]) -> bool:
         """Run one statement ``... RETURNING family`` and bump the families it touched; True if it touched any."""
@@ -624,7 +636,7 @@ class PostgresStore(TaskStore):
 
     async def reserve_send(self, family: str, per_window: int, window: float, now: float) -> float:
         async with self._transaction() as conn:
-            await _lock(conn, family)
+            await _lock(conn, family, SENDS_LOCK)
             await conn.execute("DELETE FROM sends WHERE family = %s AND at <= %s", (family, now - window + EPSILON))
             row = await (await conn.execute(
                 "SELECT count(*), min(at) FROM sends WHERE family = %s", (family,))).fetchone()  # fmt: skip
@@ -640,19 +652,28 @@ async def _applied_version(conn: Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
+async def _fetch(conn: Connection, query: str, params: Any) -> tuple[Any, ...]:
+    """The one row ``query`` returns."""
+    row = await (await conn.execute(query, params)).fetchone()
+    assert row is not None
+    return row
+
+
 async def _notify(conn: Connection, channel: str, key: str) -> None:
     """Announce a change of ``key`` on ``channel`` when the transaction commits."""
     await conn.execute("SELECT pg_notify(%s, %s)", (channel, key))
 
 
-async def _lock(conn: Connection, family: str) -> None:
-    """Serialise this transaction with every other read-then-write of ``family``'s rate-limit state."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_SPACE + 1, family))
+async def _lock(conn: Connection, family: str, space: int = SLOTS_LOCK) -> None:
+    """Serialise this transaction with every other one taking the same lock of ``family`` (read-then-write of
+    its slots and queue, or of its sends), until it ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (space, family))
 
 
 async def _bump(conn: Connection, family: str) -> None:
     """Note a change of the family's rate-limit state (for :meth:`PostgresStore.wait_for_limits`)."""
     await conn.execute(
-        "INSERT INTO limits AS l VALUES (%s, 1) ON CONFLICT (family) DO UPDATE SET version = l.version + 1", (family,)
+        "WITH b AS (INSERT INTO limits AS l VALUES (%s, 1) ON CONFLICT (family) DO UPDATE SET version = l.version + 1"
+        " RETURNING family) SELECT pg_notify(%s, family) FROM b",
+        (family, LIMITS_CHANNEL),
     )
-    await _notify(conn, LIMITS_CHANNEL, family)
