@@ -7,6 +7,7 @@ is a separate ``wanx-mcp serve --transport http`` process pointed at it, as a us
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 import support
@@ -22,6 +24,8 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from wanx_mcp.catalog import WAN_25_26
+from wanx_mcp.server import build_server
+from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 from wanx_mcp.simulator.app import sample_video
 from wanx_mcp.store.sqlite import SQLiteStore
@@ -121,3 +125,44 @@ async def test_sigkill_mid_flight_then_restart_loses_nothing(make_simulator: Mak
     finally:
         await journal.close()
     assert sorted(p.name for p in videos.iterdir()) == sorted(f"{task_id}.mp4" for task_id in created)  # no .part
+
+
+@pytest.mark.slow
+async def test_a_failed_journal_write_after_a_create_keeps_the_task_and_journals_it_later(
+    make_simulator: MakeSimulator, tmp_path: Path
+) -> None:
+    sim = make_simulator(speed=200.0)
+    sim.state.faults.add("create", "accept_then_hang", seconds=1.0)  # time to make the journal unwritable
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(image)
+    settings = support.settings_for(sim, tmp_path)
+    store = SQLiteStore(settings.journal_path, busy_timeout=0.2)  # a write that cannot go through fails fast
+    await store.open()
+    blocker = sqlite3.connect(settings.journal_path, isolation_level=None)
+    results = []
+    async with Wanx.open(settings, store=store) as wanx, Client(build_server(wanx)) as client:
+        async with anyio.create_task_group() as group:
+
+            async def create() -> None:
+                results.append(await client.call_tool("create_video_task", {"image": str(image)}))
+
+            group.start_soon(create)
+            while sim.state.stats()["tasks_created"] == 0:
+                await anyio.sleep(0.01)
+            blocker.execute("BEGIN IMMEDIATE")  # from now on no write gets through (as on a full disk)
+        (result,) = results
+        (task_id,) = sim.state.stats()["tasks"]
+        message = result.content[0].text
+        assert result.is_error and f"JournalError: task {task_id} was created upstream" in message
+        assert "Do not resubmit" in message
+        assert await store.get(task_id) is None  # not journaled yet, but known: asking about it works
+        kept = await client.call_tool("get_task", {"task_id": task_id})
+        assert not kept.is_error and kept.structured_content["task_id"] == task_id
+        blocker.rollback()  # space again: the task is journaled, followed and downloaded by itself
+        with anyio.fail_after(30):
+            while (saved := await store.get(task_id)) is None or not saved.video_path:
+                await anyio.sleep(0.05)
+        assert [s.outcome for s in await store.submissions()] == ["created"]
+    blocker.close()
+    assert Path(saved.video_path).read_bytes() == sample_video()
+    assert sim.state.stats()["creates_received"] == 1

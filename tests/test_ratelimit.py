@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import anyio.lowlevel
 import pytest
 
 from wanx_mcp.catalog import WAN_21_22, WAN_25_26, RateLimit
 from wanx_mcp.ratelimit import RateLimiter
+from wanx_mcp.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 FAMILY = WAN_21_22.family
@@ -193,3 +196,32 @@ async def test_overrides_and_defaults() -> None:
     with pytest.raises(ValueError, match="no rate limit"):
         await default.running("wan9")
     assert "wan2.1/2.2: 0/2 running, 0 queued" in await default.describe()
+
+
+async def test_limiters_of_several_processes_share_the_slots_in_one_queue(tmp_path: Path) -> None:
+    stores = [SQLiteStore(tmp_path / "journal.sqlite3") for _ in range(2)]  # one connection per "process"
+    for store in stores:
+        await store.open()
+    limits = {FAMILY: RateLimit(family=FAMILY, submissions_per_second=2, running_tasks=1)}
+    a, b = (RateLimiter(limits, store=store, owner=f"host:{n}:aa") for n, store in enumerate(stores))
+    first = await a.acquire(FAMILY)
+    await first.assign("t-a")
+    order: list[str] = []
+
+    async def waiter(limiter: RateLimiter, name: str) -> None:
+        slot = await limiter.acquire(FAMILY)
+        order.append(name)
+        await slot.assign(f"t-{name}")
+
+    async with anyio.create_task_group() as group:
+        for limiter, name in [(b, "b1"), (a, "a2"), (b, "b3")]:
+            group.start_soon(waiter, limiter, name)
+            await settle()
+        assert await a.queued(FAMILY) == 3 and await b.running(FAMILY) == 1  # b sees a's slot
+        for previous in ("t-a", "t-b1", "t-a2"):
+            await (a if previous == "t-b1" else b).release(previous)  # whoever sees it end frees it
+            await settle()
+    assert order == ["b1", "a2", "b3"]  # first come, first served across processes
+    assert await a.holders(FAMILY) == ["t-b3"]
+    for store in stores:
+        await store.close()

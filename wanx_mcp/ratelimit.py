@@ -42,6 +42,8 @@ Refresh = Callable[[list[str]], Awaitable[None]]
 #: Seconds over which submissions_per_second is counted: one, plus a margin for network jitter so that
 #: DashScope, counting arrivals, never sees more than its limit in one second.
 WINDOW = 1.1
+#: Seconds a counted submission may leave after the time it was counted at: half the window's margin.
+SLACK = (WINDOW - 1.0) / 2
 #: Seconds a waiter goes without looking at the store again (other processes' holds expire meanwhile).
 RECHECK = 1.0
 #: Seconds the owner of a ticket or of an in-flight create counts as alive after its last heartbeat.
@@ -255,10 +257,15 @@ class RateLimiter:
         """Wait until one more submission of ``family`` fits in the sliding window, and count it."""
         state, store = self._family(family), await self.store()
         async with state.pace_lock:  # this process's callers in order
-            while wait := await store.reserve_send(
-                family, state.limit.submissions_per_second, self.window, self.clock()
-            ):
-                await self._sleep(wait)
+            while True:
+                asked = self.clock()
+                wait = await store.reserve_send(family, state.limit.submissions_per_second, self.window, asked)
+                if wait:
+                    await self._sleep(wait)
+                elif self.clock() - asked <= SLACK:
+                    return
+                # else the store answered late (a busy machine): the request would leave later than it was
+                # counted, so it is counted again at the time it really leaves (over-counting only slows pacing)
 
     async def _assign_pending(self) -> None:
         """Write the slots' owners the store could not take before (it failing again is only logged)."""

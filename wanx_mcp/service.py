@@ -179,6 +179,7 @@ class Wanx:
         self.watcher = watcher
         #: Tasks created upstream whose journaling failed: task, journaled request, submission id.
         self._unjournaled: dict[str, tuple[Task, dict[str, Any], int]] = {}
+        self._recover_soon = anyio.Event()  # set when there is something to recover now
 
     @classmethod
     @asynccontextmanager
@@ -206,7 +207,8 @@ class Wanx:
             store = store or await open_store(settings)
             stack.push_async_callback(store.close)
             owner = new_owner_id()
-            options = {"limiter": RateLimiter(store=store, owner=owner), **(client_options or {})}
+            limiter = RateLimiter(store=store, owner=owner, owner_ttl=settings.lease_ttl)
+            options = {"limiter": limiter, **(client_options or {})}
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **options))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             watcher = Watcher(
@@ -270,6 +272,7 @@ class Wanx:
             await self._journal_created(task, journaled, submission)
         except JournalError as exc:
             self._unjournaled[task.task_id] = (task, journaled, submission)
+            self._recover_soon.set()
             log.error("task %s created but not journaled: %s", task.task_id, exc)
             raise JournalError(
                 f"JournalError: task {task.task_id} was created upstream but could not be journaled ({exc}). It is "
@@ -279,6 +282,7 @@ class Wanx:
         return await self._present(task)
 
     async def _journal_created(self, task: Task, journaled: dict[str, Any], submission: int) -> None:
+        await self.watcher.claim(task.task_id)
         await self.store.insert_task(task, journaled)
         await self.store.finish_submission(submission, "created", task_id=task.task_id)
         self.watcher.follow(task)
@@ -430,7 +434,12 @@ class Wanx:
                 await self.recover()
             except WanxError as exc:
                 log.warning("recovery of unresolved submissions failed (will retry): %s", exc)
-            await anyio.sleep(1.0 if self._unjournaled else RECOVER_EVERY)
+            if self._unjournaled:
+                await anyio.sleep(1.0)
+                continue
+            with anyio.move_on_after(RECOVER_EVERY):
+                await self._recover_soon.wait()
+            self._recover_soon = anyio.Event()
 
     async def _adopt(self, item: TaskListItem, unclaimed: list[Submission]) -> Task | None:
         """Journal and follow ``item`` as the task of the nearest unresolved submission it can be, if any."""
@@ -452,7 +461,10 @@ class Wanx:
         note = "found in DashScope's task list after the answer to its submission was lost"
         task = _new_task(request, item.task_id, image=request.image, created_at=iso(created), notes=[note])
         task, _ = apply_response(task, await self.client.get_task(item.task_id))
+        claimed = await self.watcher.claim(item.task_id)
         if not await self.store.adopt(submission.id, task, submission.request):
+            if claimed:  # another process adopted it: its watcher follows it
+                await self.store.release_lease(item.task_id, self.watcher.owner)
             return await self.store.get(item.task_id)
         unclaimed.remove(submission)
         log.warning("task %s is the one submission %d created; following it", item.task_id, submission.id)

@@ -48,6 +48,8 @@ RENEW_EVERY = 10.0
 DOWNLOAD_FAILED = "download failed"
 RETRYING = "retrying until the link expires"
 LINK_EXPIRED = "video link expired"
+#: Seconds an estimate of generation time is reused before the store's history is read again.
+ESTIMATE_FOR = 5.0
 
 ChangeListener = Callable[[Task], Awaitable[None]]
 
@@ -137,6 +139,7 @@ class Watcher:
         self._following: dict[str, anyio.Event] = {}  # task_id -> wake-up call for its loop
         self._scopes: dict[str, anyio.CancelScope] = {}  # task_id -> its loop, while it holds the lease
         self._queued: dict[str, float] = {}  # task_id -> seconds DashScope kept it PENDING (from its answers)
+        self._estimates: dict[tuple[str, str | None, int | None], tuple[float, Estimate]] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self.status_requests = 0
 
@@ -157,7 +160,10 @@ class Watcher:
                     await self._maintain()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._store.retire(self.owner)
+                try:
+                    await self._store.retire(self.owner)
+                except WanxError as exc:  # the leases lapse by themselves
+                    log.warning("could not give up the watch leases: %s", exc)
 
     async def _maintain(self) -> None:
         """Renew this process's heartbeat and leases, stop loops whose lease was lost, take over abandoned tasks."""
@@ -211,6 +217,10 @@ class Watcher:
         self._following[task.task_id] = anyio.Event()
         self._group.start_soon(self._follow, task, name=f"follow {task.task_id}")
 
+    async def claim(self, task_id: str) -> bool:
+        """Take the watch lease of a task about to be stored, so no other process starts following it first."""
+        return await self._store.acquire_lease(task_id, self.owner, self.lease_ttl, time.time())
+
     def is_following(self, task_id: str) -> bool:
         return task_id in self._following
 
@@ -240,11 +250,19 @@ class Watcher:
         return max(age - self._queued.get(task.task_id, 0.0), 0.0)
 
     async def estimate(self, task: Task) -> Estimate:
+        """How long tasks like ``task`` take, from recent ones (read from the store at most every
+        ESTIMATE_FOR seconds per kind of task)."""
+        key = (task.model, task.resolution, task.duration)
+        cached = self._estimates.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         spec = get_model(task.model)
         duration = task.duration or spec.default_duration
         fallback = spec.typical_seconds * duration / spec.default_duration / self._settings.time_scale
         samples = await self._store.generation_seconds(task.model, task.resolution, task.duration)
-        return Estimate.from_history(samples, fallback)
+        estimate = Estimate.from_history(samples, fallback)
+        self._estimates[key] = (time.monotonic() + ESTIMATE_FOR, estimate)
+        return estimate
 
     async def _changed_to(
         self, task_id: str, change: Callable[[Task], Task], generation_seconds: float | None = None
@@ -259,7 +277,7 @@ class Watcher:
     async def _follow(self, task: Task) -> None:
         task_id = task.task_id
         try:
-            if not await self._store.acquire_lease(task_id, self.owner, self.lease_ttl, time.time()):
+            if not await self.claim(task_id):
                 return  # another process follows it; the scan takes it over should that one die
             with anyio.CancelScope() as scope:
                 self._scopes[task_id] = scope
