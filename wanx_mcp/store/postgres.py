@@ -51,7 +51,7 @@ LIMITS_CHANNEL = "wanx_limits"
 
 #: Schema versions: each script runs once, in one transaction, and is recorded in ``schema_migrations``.
 MIGRATIONS: list[str] = [
-    """
+    f"""
     CREATE TABLE tasks (
         task_id text PRIMARY KEY, status text NOT NULL, model text NOT NULL, resolution text, duration integer,
         created_at text NOT NULL, finished_at text, video_path text, generation_seconds double precision,
@@ -84,6 +84,21 @@ MIGRATIONS: list[str] = [
     CREATE TABLE sends (family text NOT NULL, at double precision NOT NULL);
     CREATE INDEX sends_by_family ON sends (family, at);
     CREATE TABLE limits (family text PRIMARY KEY, version bigint NOT NULL);
+    CREATE FUNCTION wanx_reserve_send(fam text, per_window integer, win double precision, moment double precision)
+    RETURNS double precision LANGUAGE plpgsql AS $$
+    DECLARE
+        counted integer;
+        oldest double precision;
+    BEGIN
+        PERFORM pg_advisory_xact_lock({SENDS_LOCK}, hashtext(fam));
+        DELETE FROM sends WHERE family = fam AND at <= moment - win + {EPSILON!r};
+        SELECT count(*), min(at) INTO counted, oldest FROM sends WHERE family = fam;
+        IF counted < per_window THEN
+            INSERT INTO sends VALUES (fam, moment);
+            RETURN 0;
+        END IF;
+        RETURN greatest(oldest + win - moment, {EPSILON!r});
+    END $$;
     """,
 ]
 
@@ -181,8 +196,9 @@ class PostgresStore(TaskStore):
             raise self._error("open", exc) from None
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        """A pooled connection in a transaction, committed at the end (rolled back on an error).
+    async def _transaction(self, *, atomic: bool = True) -> AsyncIterator[Connection]:
+        """A pooled connection, in a transaction committed at the end (rolled back on an error); with ``atomic``
+        False, in autocommit, for one statement (its own transaction, without the round trips of BEGIN/COMMIT).
 
         Shielded from cancellation: a caller cancelled meanwhile (a timeout) gets the result all the same and is
         cancelled at its next checkpoint, so what was committed is never lost on the way back (a slot taken, a
@@ -192,17 +208,28 @@ class PostgresStore(TaskStore):
         with anyio.CancelScope(shield=True):
             try:
                 async with self._pool.connection() as conn:
-                    yield conn
+                    if not atomic:
+                        yield conn
+                        return
+                    async with conn.transaction():
+                        yield conn
             except (psycopg.Error, PoolTimeout) as exc:
                 raise self._error("use", exc) from None
 
     async def _one(self, query: str, params: Any = None) -> tuple[Any, ...] | None:
-        async with self._transaction() as conn:
+        """The first row of one statement (its own transaction)."""
+        async with self._transaction(atomic=False) as conn:
             return await (await conn.execute(query, params)).fetchone()
 
     async def _all(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        async with self._transaction() as conn:
+        """The rows of one statement (its own transaction)."""
+        async with self._transaction(atomic=False) as conn:
             return await (await conn.execute(query, params)).fetchall()
+
+    async def _execute(self, query: str, params: Any = None) -> None:
+        """One statement without rows (its own transaction)."""
+        async with self._transaction(atomic=False) as conn:
+            await conn.execute(query, params)
 
     async def open(self) -> None:
         listener = await self._connect()
@@ -212,7 +239,7 @@ class PostgresStore(TaskStore):
             pool = AsyncConnectionPool(
                 self._url, min_size=2, max_size=self._pool_size, open=False, name=POOL_NAME,
                 check=AsyncConnectionPool.check_connection,
-                kwargs={"connect_timeout": CONNECT_TIMEOUT, "application_name": POOL_NAME},
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": POOL_NAME},
             )  # fmt: skip
             try:
                 await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
@@ -445,11 +472,10 @@ class PostgresStore(TaskStore):
                                 error: str | None = None) -> None:  # fmt: skip
         if outcome not in SUBMISSION_OUTCOMES:
             raise ValueError(f"unknown submission outcome {outcome!r}; known: {SUBMISSION_OUTCOMES}")
-        async with self._transaction() as conn:
-            await conn.execute(
-                "UPDATE submissions SET outcome = %s, task_id = %s, error = %s WHERE id = %s",
-                (outcome, task_id, error, submission_id),
-            )
+        await self._execute(
+            "UPDATE submissions SET outcome = %s, task_id = %s, error = %s WHERE id = %s",
+            (outcome, task_id, error, submission_id),
+        )
 
     async def _submissions(self, where: str, params: dict[str, Any], order: str, limit: int | None = None,
                            ) -> list[Submission]:  # fmt: skip
@@ -494,11 +520,10 @@ class PostgresStore(TaskStore):
     # ---- owners and leases ---------------------------------------------------------------------------
 
     async def heartbeat(self, owner: str, ttl: float, now: float) -> None:
-        async with self._transaction() as conn:
-            await conn.execute(
-                "INSERT INTO owners VALUES (%s, %s) ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
-                (owner, now + ttl),
-            )
+        await self._execute(
+            "INSERT INTO owners VALUES (%s, %s) ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
+            (owner, now + ttl),
+        )
 
     async def live_owners(self, now: float) -> list[str]:
         return [row[0] for row in await self._all(LIVE_OWNERS + " ORDER BY owner", {"now": now})]
@@ -536,8 +561,7 @@ class PostgresStore(TaskStore):
         return [row[0] for row in rows]
 
     async def release_lease(self, task_id: str, owner: str) -> None:
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM leases WHERE task_id = %s AND owner = %s", (task_id, owner))
+        await self._execute("DELETE FROM leases WHERE task_id = %s AND owner = %s", (task_id, owner))
 
     async def leases(self, now: float) -> list[Lease]:
         rows = await self._all(
@@ -635,17 +659,10 @@ class PostgresStore(TaskStore):
         return [row[0] for row in rows]
 
     async def reserve_send(self, family: str, per_window: int, window: float, now: float) -> float:
-        async with self._transaction() as conn:
-            await _lock(conn, family, SENDS_LOCK)
-            await conn.execute("DELETE FROM sends WHERE family = %s AND at <= %s", (family, now - window + EPSILON))
-            row = await (await conn.execute(
-                "SELECT count(*), min(at) FROM sends WHERE family = %s", (family,))).fetchone()  # fmt: skip
-            assert row is not None
-            if row[0] < per_window:
-                await conn.execute("INSERT INTO sends VALUES (%s, %s)", (family, now))
-                return 0.0
-            return max(row[1] + window - now, EPSILON)
-
+        # one round trip (the store's own function), so the reservation is as close as can be to the sending
+        row = await self._one("SELECT wanx_reserve_send(%s, %s, %s, %s)", (family, per_window, window, now))
+        assert row is not None
+        return float(row[0])
 
 async def _applied_version(conn: Connection) -> int:
     row = await (await conn.execute("SELECT COALESCE(max(version), 0) FROM schema_migrations")).fetchone()
@@ -664,10 +681,9 @@ async def _notify(conn: Connection, channel: str, key: str) -> None:
     await conn.execute("SELECT pg_notify(%s, %s)", (channel, key))
 
 
-async def _lock(conn: Connection, family: str, space: int = SLOTS_LOCK) -> None:
-    """Serialise this transaction with every other one taking the same lock of ``family`` (read-then-write of
-    its slots and queue, or of its sends), until it ends."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (space, family))
+async def _lock(conn: Connection, family: str) -> None:
+    """Serialise this transaction with every other read-then-write of ``family``'s slots and queue, until it ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SLOTS_LOCK, family))
 
 
 async def _bump(conn: Connection, family: str) -> None:
