@@ -24,6 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from wanx_mcp.catalog import WAN_25_26
+from wanx_mcp.errors import WanxError
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
@@ -165,4 +166,23 @@ async def test_a_failed_journal_write_after_a_create_keeps_the_task_and_journals
         assert [s.outcome for s in await store.submissions()] == ["created"]
     blocker.close()
     assert Path(saved.video_path).read_bytes() == sample_video()
+    assert sim.state.stats()["creates_received"] == 1
+
+
+async def test_an_ambiguous_create_is_resolved_in_the_background_without_a_call(
+    make_simulator: MakeSimulator, tmp_path: Path
+) -> None:
+    sim = make_simulator(speed=200.0)
+    sim.state.faults.add("create", "accept_then_drop")  # created upstream, the answer lost
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(image)
+    async with Wanx.open(support.settings_for(sim, tmp_path), client_options={"backoff": 0.01}) as wanx:
+        with pytest.raises(WanxError, match="AmbiguousCreate"):
+            await wanx.create({"image": str(image), "prompt": "an orphan"})
+        (task_id,) = sim.state.stats()["tasks"]
+        await wanx.recover()  # what the server's background loop does every RECOVER_EVERY seconds
+        (submission,) = await wanx.store.submissions()
+        assert (submission.outcome, submission.task_id) == ("recovered", task_id)
+        done = await wanx.wait(task_id, 20)
+    assert done.prompt == "an orphan" and done.video_path and Path(done.video_path).read_bytes() == sample_video()
     assert sim.state.stats()["creates_received"] == 1

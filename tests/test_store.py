@@ -287,6 +287,25 @@ async def test_slots_are_taken_in_ticket_order_across_instances(make_store: Make
     assert await one.slot_holders(FAMILY, T0) == ["task-c"]
 
 
+async def test_limit_waiters_are_woken_by_another_instance(make_store: MakeStore) -> None:
+    one, two = await make_store(), await make_store()
+    await one.heartbeat("A", 30, T0)
+    before = await two.limits_version(FAMILY)
+    assert await two.wait_for_limits(FAMILY, before, 0.2) == before  # nothing happened: times out
+    woken: list[tuple[int, float]] = []
+
+    async def wait() -> None:
+        started = anyio.current_time()
+        woken.append((await two.wait_for_limits(FAMILY, before, 10), anyio.current_time() - started))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait)
+        await anyio.sleep(0.2)
+        await one.enqueue(FAMILY, "A", T0)
+    assert woken and woken[0][0] > before and woken[0][1] < 5
+    assert await one.limits_version("wan2.5/2.6") == 0  # families are apart
+
+
 async def test_tracking_keeps_one_slot_per_task(store: TaskStore) -> None:
     await store.heartbeat("A", 30, T0)
     await store.track_task(FAMILY, "task-t", "A")

@@ -52,6 +52,9 @@ LINK_EXPIRED = "video link expired"
 ESTIMATE_FOR = 5.0
 
 ChangeListener = Callable[[Task], Awaitable[None]]
+#: Checks a finished download (temporary file, final path): the change to make to its task with what it found
+#: (video facts, notes); raises ValueError when the file is not a playable video.
+VideoCheck = Callable[[Path, Path], Awaitable[Callable[[Task], Task]]]
 
 
 def _upstream_time(text: str | None) -> datetime | None:
@@ -123,12 +126,14 @@ class Watcher:
         settings: Settings,
         downloads: httpx.AsyncClient,
         on_change: ChangeListener | None = None,
+        check_video: VideoCheck | None = None,
         *,
         owner: str,
         lease_ttl: float = LEASE_TTL,
         renew_every: float = RENEW_EVERY,
     ) -> None:
         self._client = client
+        self._check_video = check_video
         self._store = store
         self._settings = settings
         self._downloads = downloads
@@ -337,6 +342,13 @@ class Watcher:
         expires, backing off to DOWNLOAD_MAX_BACKOFF; after DOWNLOAD_ATTEMPTS of them the task's notes say so.
         A video another process saved meanwhile counts as saved; stale failure notes go once it is saved."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
+        amend: Callable[[Task], Task] | None = None
+
+        async def verify(part: Path) -> None:
+            nonlocal amend
+            if self._check_video is not None:
+                amend = await self._check_video(part, dest)
+
         for attempt in itertools.count(1):
             current = await self._store.get(task.task_id)
             if current is not None and current.video_path:
@@ -350,11 +362,8 @@ class Watcher:
                 return
             try:
                 await download_video(
-                    self._downloads,
-                    task.video_url,
-                    dest,
-                    allowed_hosts=self._settings.download_hosts,
-                    timeout=DOWNLOAD_TIMEOUT,
+                    self._downloads, task.video_url, dest, allowed_hosts=self._settings.download_hosts,
+                    timeout=DOWNLOAD_TIMEOUT, verify=verify,
                 )
             except DownloadError as exc:
                 if os.path.exists(dest):  # another process finished it first
@@ -368,11 +377,14 @@ class Watcher:
                 log.warning("download of %s failed (attempt %d): %s", task.task_id, attempt, exc)
                 await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** min(attempt - 1, 20), DOWNLOAD_MAX_BACKOFF))
                 continue
-            await self._saved(task.task_id, dest)
+            await self._saved(task.task_id, dest, amend)
             return
 
-    async def _saved(self, task_id: str, dest: Path) -> None:
+    async def _saved(self, task_id: str, dest: Path, amend: Callable[[Task], Task] | None = None) -> None:
+        """Record the saved video (with what the video check learned of it), dropping stale failure notes."""
+
         def saved(task: Task) -> Task:
+            task = amend(task) if amend is not None else task
             notes = [note for note in task.notes if not note.startswith(DOWNLOAD_FAILED)]
             return task.model_copy(update={"video_path": str(Path(dest)), "notes": notes})
 
