@@ -5,12 +5,15 @@ them. The contract every store keeps is in test_store.py."""
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import psycopg
 import pytest
+from support import WANX, isolated_env
 
 from wanx_mcp.store.base import JournalError
 from wanx_mcp.store.postgres import LISTENER_NAME, MIGRATIONS, POOL_NAME, PostgresStore
@@ -132,3 +135,14 @@ async def test_pooled_connections_dropped_by_the_server_are_replaced(pg_url: str
     assert connections(pg_url, POOL_NAME, terminate=True) >= 1
     assert (await store.get("task-pool")) == task("task-pool")
     assert await store.update_task(task("task-pool", Status.RUNNING), 1) == 2
+
+
+def test_commands_on_a_wrong_password_say_so_without_it(pg_url: str, pg_server: Any, tmp_path: Path) -> None:
+    wrong = pg_url.replace(pg_server.password, "wrong-" + pg_server.password[:8])
+    env = isolated_env(tmp_path, WANX_DATABASE_URL=wrong, WANX_SIMULATE="1")
+    for command in (["tasks"], ["doctor", "--json"]):
+        done = subprocess.run([*WANX, *command], env=env, capture_output=True, text=True, timeout=120)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0 and "password authentication failed" in output, output
+        assert "postgresql://wanx@127.0.0.1:" in output
+        assert pg_server.password not in output and wrong.split(":")[2].split("@")[0] not in output
