@@ -125,7 +125,8 @@ async def test_sigkill_mid_flight_then_restart_loses_nothing(make_simulator: Mak
             assert [status for _, status in await journal.events(task_id)][-1] == "SUCCEEDED"
     finally:
         await journal.close()
-    assert sorted(p.name for p in videos.iterdir()) == sorted(f"{task_id}.mp4" for task_id in created)  # no .part
+    assert sorted(p.name for p in videos.glob("*.mp4")) == sorted(f"{task_id}.mp4" for task_id in created)
+    assert not any(videos.glob(".*"))  # no .part left
 
 
 @pytest.mark.slow

@@ -160,7 +160,8 @@ async def test_three_servers_share_the_account_limits_and_the_work(
     assert set(stats["tasks"]) == task_ids
     assert downloads(requests) == dict.fromkeys(task_ids, 1)  # every video fetched exactly once
     videos = tmp_path / "data" / "videos"
-    assert sorted(p.name for p in videos.iterdir()) == sorted(f"{t}.mp4" for t in task_ids)  # no .part left
+    assert sorted(p.name for p in videos.glob("*.mp4")) == sorted(f"{t}.mp4" for t in task_ids)
+    assert not any(videos.glob(".*"))  # no .part left
     store = await backend.open()
     try:
         assert await store.unfinished() == []
