@@ -1,4 +1,5 @@
-"""Several wanx-mcp processes on one data folder and one DashScope account behave as one server.
+"""Several wanx-mcp processes on one data folder and one DashScope account behave as one server, on either store
+backend (the ``backend`` fixture: the SQLite journal, or a real PostgreSQL server with ``WANX_DATABASE_URL``).
 
 The slow tests use real processes (stdio MCP servers, the CLI, servers killed with SIGKILL) against the
 simulator with its account-wide limits; what is checked is what DashScope and the user would see: the
@@ -11,8 +12,9 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from wanx_mcp.catalog import WAN_21_22
 from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 from wanx_mcp.simulator.app import sample_video
+from wanx_mcp.store.base import TaskStore
 from wanx_mcp.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -99,12 +102,36 @@ async def journaled(data_dir: Path) -> SQLiteStore:
     return store
 
 
+@dataclass(frozen=True)
+class Backend:
+    """Where the processes keep their shared store: ``env`` points them at it, ``open`` opens it here."""
+
+    env: dict[str, str]
+    open: Callable[[], Awaitable[TaskStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The SQLite journal in the data folder, or a PostgreSQL database (``pg_url``)."""
+    if request.param == "sqlite":
+        return Backend({}, lambda: journaled(tmp_path / "data"))
+    url = request.getfixturevalue("pg_url")
+    from wanx_mcp.store.postgres import PostgresStore
+
+    async def open_postgres() -> TaskStore:
+        store = PostgresStore(url)
+        await store.open()
+        return store
+
+    return Backend({"WANX_DATABASE_URL": url}, open_postgres)
+
+
 @pytest.mark.slow
 async def test_three_servers_share_the_account_limits_and_the_work(
-    make_simulator: MakeSimulator, tmp_path: Path
+    make_simulator: MakeSimulator, tmp_path: Path, backend: Backend
 ) -> None:
     sim = make_simulator(speed=SPEED, limits={FAMILY: FamilyLimits(running_tasks=2)})
-    image, env = frame(tmp_path), env_for(tmp_path, sim)
+    image, env = frame(tmp_path), env_for(tmp_path, sim, **backend.env)
     results: list[dict[str, Any]] = []
     errors: list[str] = []
     listing: list[subprocess.CompletedProcess[str]] = []
@@ -135,7 +162,7 @@ async def test_three_servers_share_the_account_limits_and_the_work(
     videos = tmp_path / "data" / "videos"
     assert sorted(p.name for p in videos.glob("*.mp4")) == sorted(f"{t}.mp4" for t in task_ids)
     assert not any(videos.glob(".*"))  # no .part left
-    store = await journaled(tmp_path / "data")
+    store = await backend.open()
     try:
         assert await store.unfinished() == []
         assert {s.outcome for s in await store.submissions(limit=100)} == {"created"}
@@ -163,11 +190,11 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 6
 
 @pytest.mark.slow
 async def test_the_lease_holder_is_killed_and_another_process_takes_over(
-    make_simulator: MakeSimulator, tmp_path: Path
+    make_simulator: MakeSimulator, tmp_path: Path, backend: Backend
 ) -> None:
     sim = make_simulator(speed=SPEED / 12)  # 12 s per video
-    image, env = frame(tmp_path), env_for(tmp_path, sim)
-    store = await journaled(tmp_path / "data")
+    image, env = frame(tmp_path), env_for(tmp_path, sim, **backend.env)
+    store = await backend.open()
     try:
         async with stdio_servers(env, 2) as (creator, other):
             created = []
