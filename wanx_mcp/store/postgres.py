@@ -19,7 +19,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -30,7 +30,16 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..tasks import Status, Task, iso, utcnow
-from .base import SUBMISSION_OUTCOMES, JournalError, Lease, Record, Submission, TaskStore
+from .base import (
+    BUDGET_WINDOW,
+    SUBMISSION_OUTCOMES,
+    JournalError,
+    Lease,
+    Record,
+    Submission,
+    TaskStore,
+    over_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +50,9 @@ POOL_SIZE = 10
 #: Slack when comparing times, so float rounding does not move a send out of its window.
 EPSILON = 1e-6
 #: First key of this store's advisory locks: (LOCK_SPACE, 0) guards migrations; a family's slots and queue take
-#: (SLOTS_LOCK, hash of the family), its pacing (SENDS_LOCK, hash of the family).
+#: (SLOTS_LOCK, hash of the family), its pacing (SENDS_LOCK, hash of the family); budget checks (BUDGET_LOCK, 0).
 LOCK_SPACE = 0x77616E78
-SLOTS_LOCK, SENDS_LOCK = LOCK_SPACE + 1, LOCK_SPACE + 2
+SLOTS_LOCK, SENDS_LOCK, BUDGET_LOCK = LOCK_SPACE + 1, LOCK_SPACE + 2, LOCK_SPACE + 3
 #: ``application_name`` of the pooled connections and of the one that listens for notifications.
 POOL_NAME, LISTENER_NAME = "wanx-mcp", "wanx-mcp notifications"
 TASKS_CHANNEL = "wanx_task"
@@ -467,6 +476,28 @@ class PostgresStore(TaskStore):
         )
         assert row is not None
         return int(row[0])
+
+    async def reserve_submission(self, model: str, request: dict[str, Any], *, owner: str, estimated_cost_cny: float,
+                                 budget: float, window: timedelta = BUDGET_WINDOW) -> int:  # fmt: skip
+        async with self._transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (BUDGET_LOCK,))  # one reservation at a time
+            counted = await (await conn.execute(
+                "SELECT s.sent_at, s.estimated_cost_cny FROM submissions s LEFT JOIN tasks t ON t.task_id = s.task_id"
+                " WHERE s.sent_at >= clock_timestamp() - %s AND s.outcome <> 'failed'"
+                " AND s.estimated_cost_cny IS NOT NULL AND (t.status IS NULL OR t.status NOT IN ('FAILED', 'CANCELED'))"
+                " ORDER BY s.sent_at",
+                (window,),
+            )).fetchall()  # fmt: skip
+            refusal = over_budget([(row[0], float(row[1])) for row in counted], estimated_cost_cny, budget, window)
+            if refusal is not None:
+                raise refusal  # rolls the transaction back: nothing written
+            row = await (await conn.execute(
+                "INSERT INTO submissions (model, request, owner, estimated_cost_cny) VALUES (%s, %s, %s, %s)"
+                " RETURNING id",
+                (model, Jsonb(request), owner, estimated_cost_cny),
+            )).fetchone()  # fmt: skip
+            assert row is not None
+            return int(row[0])
 
     async def finish_submission(self, submission_id: int, outcome: str, *, task_id: str | None = None,
                                 error: str | None = None) -> None:  # fmt: skip
