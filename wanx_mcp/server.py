@@ -5,7 +5,8 @@ import base64
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -18,7 +19,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.shared.subscriptions import ResourceUpdated
+from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
@@ -29,11 +30,16 @@ from .links import VideoLinks
 from .media import VideoError
 from .request import check_known, generation_args, invalid_input
 from .service import ModelInfo, Wanx, check_task_id
+from .store import JournalError, TaskStore
 from .tasks import Status, Task
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 3600.0
+#: Seconds one read of the store's feed of changes waits; then it is read again (or left while nobody listens).
+FEED_WAIT = 5.0
+#: Seconds before reading the feed again after the store could not be read.
+FEED_RETRY = 1.0
 #: Largest video the ``wanx://tasks/{task_id}/video`` resource returns (base64 in one message); larger: video_link.
 MAX_VIDEO_RESOURCE_BYTES = 32 * 1024 * 1024
 
@@ -198,10 +204,59 @@ def player_app() -> Apps:
     return apps
 
 
+class ListenedBus(InMemorySubscriptionBus):
+    """The SDK's in-process bus, knowing whether any client listens (so nothing is read for nobody)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners = 0
+        self._first: anyio.Event | None = None
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listeners += 1
+        if self._first is not None:
+            self._first.set()
+        done = False
+
+        def leave() -> None:
+            nonlocal done
+            if not done:
+                done, self.listeners = True, self.listeners - 1
+                unsubscribe()
+
+        return leave
+
+    async def listened(self) -> None:
+        """Return once a client listens."""
+        while not self.listeners:
+            self._first = anyio.Event()
+            await self._first.wait()
+
+
+async def announce_changes(store: TaskStore, bus: ListenedBus) -> None:
+    """While a client listens, publish ``wanx://tasks/{task_id}`` and ``wanx://tasks`` updated for every task change
+    recorded in ``store``, whichever process (or replica) wrote it. Runs until cancelled."""
+    while True:
+        await bus.listened()
+        try:
+            cursor, _ = await store.changes(None, 0)  # follow from now: listen streams have no replay
+            while bus.listeners:
+                cursor, task_ids = await store.changes(cursor, FEED_WAIT)
+                for task_id in task_ids:
+                    await bus.publish(ResourceUpdated(uri=f"wanx://tasks/{task_id}"))
+                if task_ids:
+                    await bus.publish(ResourceUpdated(uri="wanx://tasks"))
+        except JournalError as exc:
+            log.warning("cannot follow the task changes for resource updates: %s", exc)
+            await anyio.sleep(FEED_RETRY)
+
+
 def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
-    """An MCP server exposing ``wanx``; resource-updated events go out as tasks change. With ``links`` (the HTTP
-    transport), tasks with a saved video carry this server's own ``video_link``."""
-    bus = InMemorySubscriptionBus()
+    """An MCP server exposing ``wanx``; resource-updated events go out as tasks change in its store (whichever
+    process changes them). With ``links`` (the HTTP transport), tasks with a saved video carry this server's own
+    ``video_link``."""
+    bus = ListenedBus()
     tools: list[Tool] = []
 
     def tool(**options: Any) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
@@ -218,11 +273,12 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
         base_url = getattr(ctx.request_context.request, "base_url", None) if links else None
         return links.attach(task, str(base_url)) if links and base_url else task
 
-    async def publish(task: Task) -> None:
-        await bus.publish(ResourceUpdated(uri=f"wanx://tasks/{task.task_id}"))
-        await bus.publish(ResourceUpdated(uri="wanx://tasks"))
-
-    wanx.watcher.on_change = publish
+    @asynccontextmanager
+    async def announcing(_: MCPServer) -> AsyncIterator[dict[str, Any]]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(announce_changes, wanx.store, bus, name="resource updates")
+            yield {}
+            group.cancel_scope.cancel()
 
     async def preview_image(task: Task) -> ImageContent | None:
         """The contact sheet of a SUCCEEDED task's saved video, if it can be had."""
@@ -347,6 +403,7 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
         instructions=INSTRUCTIONS,
         version=__version__,
         subscriptions=bus,
+        lifespan=announcing,
         extensions=[player_app()],
         tools=tools,
     )

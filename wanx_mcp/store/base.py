@@ -10,6 +10,8 @@ What is stored:
 - **tasks**: one record per task id with a *version* that grows by one on every write. Writes are
   compare-and-set (:meth:`TaskStore.update_task` names the version it read), so a process working from a
   stale read never overwrites a newer state; :meth:`TaskStore.modify` is the read-change-write loop.
+- **changes**: a feed of the ids of changed tasks (:meth:`TaskStore.changes`), for resource-update
+  notifications that follow every process's writes.
 - **events**: a task's status history, appended in the same transaction as the status change.
 - **submissions**: written before a create is sent (outcome ``sent``), then ``created``, ``failed``,
   ``ambiguous`` (sent, answer lost) or ``recovered`` (its task was found and adopted later); with the
@@ -203,6 +205,14 @@ class TaskStore(ABC):
         process writes it; returns the version then (0 if the task is not stored). Returns at once if it is
         newer already. SQLite checks sub-second (``PRAGMA data_version`` then the row); PostgreSQL listens.
         """
+
+    @abstractmethod
+    async def changes(self, after: int | None, timeout: float) -> tuple[int, list[str]]:
+        """The feed of task changes, whichever process writes them: the ids of the tasks stored or updated (a new
+        version) after the cursor ``after``, each once, in the order of their last change, waiting at most
+        ``timeout`` seconds for one; and the cursor to pass next. ``after=None`` returns the current cursor at once
+        and no ids (follow from now on). A cursor means something only to the store instance that returned it.
+        SQLite checks every ``FEED_POLL`` seconds (``PRAGMA data_version``); PostgreSQL listens."""
 
     @abstractmethod
     async def limits_version(self, family: str) -> int:

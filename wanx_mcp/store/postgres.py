@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -57,6 +58,9 @@ SLOTS_LOCK, SENDS_LOCK, BUDGET_LOCK = LOCK_SPACE + 1, LOCK_SPACE + 2, LOCK_SPACE
 POOL_NAME, LISTENER_NAME = "wanx-mcp", "wanx-mcp notifications"
 TASKS_CHANNEL = "wanx_task"
 LIMITS_CHANNEL = "wanx_limits"
+#: The waiters' key of the feed of changed tasks, and how many changes it keeps for a reader that fell behind.
+FEED = ("feed", "")
+FEED_KEPT = 4096
 
 #: Schema versions: each script runs once, in one transaction, and is recorded in ``schema_migrations``.
 MIGRATIONS: list[str] = [
@@ -180,6 +184,8 @@ class PostgresStore(TaskStore):
         self._listener: Connection | None = None
         self._listening: asyncio.Task[None] | None = None
         self._waiters: weakref.WeakValueDictionary[tuple[str, str], anyio.Event] = weakref.WeakValueDictionary()
+        self._feed: deque[tuple[int, str]] = deque(maxlen=FEED_KEPT)  # (number, task id) of notified changes
+        self._fed = 0  # the number of the newest one
 
     @property
     def location(self) -> str:
@@ -305,6 +311,10 @@ class PostgresStore(TaskStore):
                 async for notify in self._listener.notifies():
                     backoff = 0.5
                     self._wake(notify.channel, notify.payload)
+                    if notify.channel == TASKS_CHANNEL:
+                        self._fed += 1
+                        self._feed.append((self._fed, notify.payload))
+                        self._wake(*FEED)
             except (psycopg.Error, JournalError) as exc:
                 log.warning("lost the change notifications of %s; reconnecting: %s", self.location,
                             self._error("listen to", exc))  # fmt: skip
@@ -458,6 +468,18 @@ class PostgresStore(TaskStore):
 
     async def wait_for_change(self, task_id: str, after_version: int, timeout: float) -> int:
         return await self._wait_for(TASKS_CHANNEL, task_id, lambda: self._task_version(task_id), after_version, timeout)
+
+    async def changes(self, after: int | None, timeout: float) -> tuple[int, list[str]]:
+        """From the notifications of this store's listening connection, in commit order (changes committed while
+        it was lost are not in the feed; a reader more than ``FEED_KEPT`` changes behind misses the oldest)."""
+
+        async def newest() -> int:
+            return self._fed
+
+        if after is not None:
+            await self._wait_for(*FEED, newest, after, timeout)
+        ids = [task_id for number, task_id in self._feed if after is not None and number > after]
+        return self._fed, list(dict.fromkeys(reversed(ids)))[::-1]
 
     async def limits_version(self, family: str) -> int:
         row = await self._one("SELECT version FROM limits WHERE family = %s", (family,))

@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 #: Seconds between two checks for other processes' commits while someone waits for a change.
 POLL = 0.1
+#: Seconds between two checks for changes while the feed of changed tasks is followed (SQLiteStore.changes).
+FEED_POLL = 0.25
 #: Seconds a write waits for another process's transaction before failing.
 BUSY_TIMEOUT = 10.0
 #: SQLite's primary result codes of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB.
@@ -75,7 +77,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX sends_by_family ON sends (family, at)",
         "CREATE TABLE limits (family TEXT PRIMARY KEY, version INTEGER NOT NULL)",
     ],
+    [  # the feed of changes: every write of a task stamps it with the next number (writes are serialised)
+        "ALTER TABLE tasks ADD COLUMN changed INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX tasks_by_changed ON tasks (changed)",
+    ],
 ]
+
+#: The feed number of the next write of a task.
+NEXT_CHANGE = "(SELECT COALESCE(MAX(changed), 0) + 1 FROM tasks)"
 
 #: The submissions sent from ``?`` on that count against the budget (not failed, their task not FAILED or CANCELED).
 COUNTED_SPEND = (
@@ -215,7 +224,7 @@ class SQLiteStore(TaskStore):
         def insert(db: sqlite3.Connection) -> bool:
             added = db.execute(
                 "INSERT INTO tasks (task_id, status, model, resolution, duration, created_at, finished_at,"
-                " video_path, request, data, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+                f" video_path, request, data, version, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, {NEXT_CHANGE})"
                 " ON CONFLICT (task_id) DO NOTHING",
                 (task.task_id, task.status, task.model, task.resolution, task.duration,
                  task.created_at or iso(utcnow()), task.finished_at, task.video_path, json.dumps(request),
@@ -248,7 +257,7 @@ class SQLiteStore(TaskStore):
                 return None
             db.execute(
                 "UPDATE tasks SET status = ?, finished_at = ?, video_path = ?, data = ?, version = version + 1,"
-                " generation_seconds = COALESCE(?, generation_seconds) WHERE task_id = ?",
+                f" generation_seconds = COALESCE(?, generation_seconds), changed = {NEXT_CHANGE} WHERE task_id = ?",
                 (task.status, task.finished_at, task.video_path, task.model_dump_json(), generation_seconds,
                  task.task_id),
             )  # fmt: skip
@@ -327,7 +336,7 @@ class SQLiteStore(TaskStore):
                 self._seen, self._probed = (self._writes, data_version), anyio.current_time()
             return self._writes, self._seen[1]
 
-    async def _wait_for(self, read: Callable[[], Any], after_version: int, timeout: float) -> int:
+    async def _wait_for(self, read: Callable[[], Any], after_version: int, timeout: float, poll: float = POLL) -> int:
         deadline = anyio.current_time() + max(timeout, 0.0)
         generation = await self._generation()
         version = int(await read())
@@ -335,7 +344,7 @@ class SQLiteStore(TaskStore):
             left = deadline - anyio.current_time()
             if left <= 0:
                 break
-            with anyio.move_on_after(min(left, POLL)):
+            with anyio.move_on_after(min(left, poll)):
                 await self._local_change.wait()
             now = await self._generation()
             if now != generation:
@@ -350,6 +359,21 @@ class SQLiteStore(TaskStore):
             return int(row[0]) if row else 0
 
         return await self._wait_for(read, after_version, timeout)
+
+    async def changes(self, after: int | None, timeout: float) -> tuple[int, list[str]]:
+        async def newest() -> int:
+            return int((await self._run(lambda db: db.execute("SELECT MAX(changed) FROM tasks").fetchone()))[0] or 0)
+
+        if after is None:
+            return await newest(), []
+        if await self._wait_for(newest, after, timeout, FEED_POLL) <= after:
+            return after, []
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT task_id, changed FROM tasks WHERE changed > ? ORDER BY changed", (after,)
+            ).fetchall()
+        )
+        return (int(rows[-1]["changed"]), [row["task_id"] for row in rows]) if rows else (after, [])
 
     async def limits_version(self, family: str) -> int:
         row = await self._run(
@@ -424,7 +448,7 @@ class SQLiteStore(TaskStore):
             ).rowcount
             if claimed and db.execute(
                 "INSERT INTO tasks (task_id, status, model, resolution, duration, created_at, finished_at,"
-                " video_path, request, data, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+                f" video_path, request, data, version, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, {NEXT_CHANGE})"
                 " ON CONFLICT (task_id) DO NOTHING",
                 (task.task_id, task.status, task.model, task.resolution, task.duration,
                  task.created_at or iso(utcnow()), task.finished_at, task.video_path, json.dumps(request),
