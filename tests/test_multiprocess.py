@@ -9,6 +9,7 @@ in the videos folder. The quick one opens two Wanx instances, each with its own 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections import defaultdict
@@ -285,3 +286,37 @@ async def test_one_instance_creates_another_waits_and_neither_sweeps_the_others_
     assert done.status == "SUCCEEDED" and Path(done.video_path).read_bytes() == sample_video()
     assert b_polls == 0 and a.watcher.status_requests > 0  # only the lease holder asked DashScope
     assert sim.state.stats()["downloads"] == 1 and not any(videos.glob(".*.part"))
+
+
+@pytest.mark.slow
+async def test_a_listener_on_one_process_hears_of_a_task_another_process_creates_and_finishes(
+    make_simulator: MakeSimulator, tmp_path: Path, backend: Backend
+) -> None:
+    sim = make_simulator(speed=SPEED / 6)  # 6 s per video
+    image, env = frame(tmp_path), env_for(tmp_path, sim, **backend.env)
+    heard: list[str] = []
+
+    async def collect(subscription: Any) -> None:
+        async for event in subscription:
+            heard.append(str(getattr(event, "uri", "")))
+
+    async with stdio_servers(env, 2) as (creator, listener):
+        everything = listener.listen(resource_subscriptions=["wanx://tasks"])
+        async with everything as all_tasks, anyio.create_task_group() as group:
+            group.start_soon(collect, all_tasks)
+            created = await creator.call_tool("create_video_task", {"image": str(image)})
+            assert not created.is_error, created
+            task_id = created.structured_content["task_id"]
+            await wait_until(lambda: _async("wanx://tasks" in heard), "the listener hears of the new task", 10)
+            uri = f"wanx://tasks/{task_id}"
+            async with listener.listen(resource_subscriptions=[uri]) as one:
+                group.start_soon(collect, one)
+                final = await creator.call_tool("get_task", {"task_id": task_id, "wait_seconds": 60})
+                await wait_until(lambda: _async(heard.count(uri) >= 2), "the listener hears the task change", 10)
+            group.cancel_scope.cancel()
+        read = json.loads((await listener.read_resource(uri)).contents[0].text)
+    assert not final.is_error and final.structured_content["status"] == "SUCCEEDED"
+    assert read["video_path"] == final.structured_content["video_path"]
+    assert set(heard) == {"wanx://tasks", uri}  # only what was listened for
+    requests = sim.state.stats()["requests"]
+    assert [len(agents) for agents in pollers(requests).values()] == [1]  # only the creator followed it

@@ -159,6 +159,32 @@ async def test_waiters_are_woken_by_a_write_of_another_instance(make_store: Make
     assert woken and woken[0][0] == 2 and woken[0][1] < 5  # woken by the write, not by the timeout
 
 
+async def test_the_feed_lists_the_tasks_any_instance_changes(make_store: MakeStore) -> None:
+    writer, reader = await make_store(), await make_store()
+    (start, none), (own, _) = await reader.changes(None, 0), await writer.changes(None, 0)
+    assert none == []
+    await writer.insert_task(task("task-0010"), REQUEST)
+    await writer.insert_task(task("task-0011"), REQUEST)
+    await writer.update_task(task("task-0010", Status.RUNNING), 1)
+    await writer.note_download_failure("task-0011", "HTTP 503")  # not a new version: not a change
+    await anyio.sleep(0.5)  # PostgreSQL's notifications are on their way
+    cursor, changed = await reader.changes(start, 5)
+    assert changed == ["task-0011", "task-0010"]  # each once, in the order of their last change
+    assert (await writer.changes(own, 5))[1] == ["task-0011", "task-0010"]  # its own writes too
+    assert await reader.changes(cursor, 0.2) == (cursor, [])  # nothing since: waits, then returns none
+    woken: list[tuple[list[str], float]] = []
+
+    async def wait() -> None:
+        started = anyio.current_time()
+        woken.append(((await reader.changes(cursor, 10))[1], anyio.current_time() - started))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait)
+        await anyio.sleep(0.2)
+        await writer.update_task(task("task-0011", Status.RUNNING), 1)
+    assert woken and woken[0][0] == ["task-0011"] and woken[0][1] < 5  # woken by the write, not by the timeout
+
+
 # ---- submissions ---------------------------------------------------------------------------------------
 
 
