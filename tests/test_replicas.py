@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -84,6 +85,12 @@ async def test_a_task_created_through_one_replica_is_listed_read_and_waited_for_
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, message))
 
+    updates_heard: list[str] = []
+
+    async def collect(subscription: Any) -> None:
+        async for event in subscription:
+            updates_heard.append(str(getattr(event, "uri", "")))
+
     with replicas(sim, pg_url, tmp_path, 2) as (a, b):
         async with connect(a.url) as agent_a, connect(b.url) as agent_b:
             created = await call(agent_a, "create_video_task", {"image": str(image), "prompt": "waves roll in"})
@@ -93,9 +100,16 @@ async def test_a_task_created_through_one_replica_is_listed_read_and_waited_for_
             read = json.loads((await agent_b.read_resource(f"wanx://tasks/{task_id}")).contents[0].text)
             assert read["task_id"] == task_id and read["prompt"] == "waves roll in"
             assert read["status"] in ("PENDING", "RUNNING")
-            final = await call(
-                agent_b, "get_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=on_progress
-            )
+            uri = f"wanx://tasks/{task_id}"
+            async with agent_b.listen(resource_subscriptions=[uri]) as updates, anyio.create_task_group() as group:
+                group.start_soon(collect, updates)
+                final = await call(
+                    agent_b, "get_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=on_progress
+                )
+                with anyio.fail_after(10):
+                    while uri not in updates_heard:  # B announces what A records (A polls the task)
+                        await anyio.sleep(0.1)
+                group.cancel_scope.cancel()
             video = (await agent_b.read_resource(f"wanx://tasks/{task_id}/video")).contents[0]
             again = await call(agent_a, "get_task", {"task_id": task_id})
 
