@@ -15,9 +15,10 @@ import anyio
 import httpx
 from pydantic import BaseModel, Field
 
+from . import redact
 from .catalog import MODELS, ModelSpec, RateLimit, get_model
 from .config import Settings, load_settings
-from .dashscope import DashScopeClient, TaskListItem
+from .dashscope import TASK_ID, DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .journal import Journal
@@ -27,7 +28,6 @@ from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
 
 log = logging.getLogger(__name__)
 
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LIST_WINDOW = timedelta(hours=24)
 #: How far apart the sending of an ambiguous create and the creation of a listed task may be to be matched.
@@ -186,6 +186,8 @@ class Wanx:
         ``client_options`` go to the :class:`DashScopeClient` constructor (``timeout``, ``backoff``...).
         """
         settings = settings or load_settings()
+        redact.install()
+        redact.register(settings.mcp_token)
         async with AsyncExitStack() as stack:
             if settings.simulate:
                 from .simulator import SimulatorConfig, running_simulator

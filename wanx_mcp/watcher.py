@@ -14,11 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx
 
-from .catalog import get_model
+from .catalog import ModelSpec, get_model
 from .config import Settings
 from .dashscope import DashScopeClient, TaskResponse
 from .downloads import DownloadError, download_video
-from .errors import DashScopeError, WanxError
+from .errors import DashScopeError, InvalidInput, WanxError
 from .journal import Journal
 from .schedule import Estimate, next_poll_delay
 from .tasks import Status, Task, iso, parse_iso, utcnow
@@ -31,8 +31,18 @@ DOWNLOAD_BACKOFF = 2.0
 DOWNLOAD_MAX_BACKOFF = 60.0
 DOWNLOAD_TIMEOUT = 600.0
 DASHSCOPE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: The typical generation time assumed for a task of a model the catalog does not know.
+UNKNOWN_MODEL_SECONDS = 120.0
 
 ChangeListener = Callable[[Task], Awaitable[None]]
+
+
+def _known_model(name: str) -> ModelSpec | None:
+    """The catalog's model, None for one it lacks (a task from the account's list, an old journal row)."""
+    try:
+        return get_model(name)
+    except InvalidInput:
+        return None
 
 
 def _upstream_time(text: str | None) -> datetime | None:
@@ -97,6 +107,7 @@ class Watcher:
         self._journal = journal
         self._settings = settings
         self._downloads = downloads
+        self._download_slots = anyio.CapacityLimiter(settings.download_concurrency)
         self.on_change = on_change
         self._following: dict[str, anyio.Event] = {}  # task_id -> wake-up call for its loop
         self._changed: dict[str, anyio.Event] = {}  # task_id -> set (and replaced) on every change
@@ -121,8 +132,9 @@ class Watcher:
             raise RuntimeError("the watcher is not running")
         if task.task_id in self._following:
             return
-        if not task.is_final:
-            self._client.limiter.track(task.task_id, get_model(task.model).rate_limit.family)
+        spec = _known_model(task.model)
+        if not task.is_final and spec is not None:
+            self._client.limiter.track(task.task_id, spec.rate_limit.family)
         self._following[task.task_id] = anyio.Event()
         self._changed.setdefault(task.task_id, anyio.Event())
         created = parse_iso(task.created_at)
@@ -163,9 +175,12 @@ class Watcher:
         return 0.0 if started is None else time.monotonic() - started
 
     def estimate(self, task: Task) -> Estimate:
-        spec = get_model(task.model)
-        duration = task.duration or spec.default_duration
-        fallback = spec.typical_seconds * duration / spec.default_duration / self._settings.time_scale
+        spec = _known_model(task.model)
+        if spec is None:
+            fallback = UNKNOWN_MODEL_SECONDS / self._settings.time_scale
+        else:
+            duration = task.duration or spec.default_duration
+            fallback = spec.typical_seconds * duration / spec.default_duration / self._settings.time_scale
         samples = self._journal.generation_seconds(task.model, task.resolution, task.duration)
         return Estimate.from_history(samples, fallback)
 
@@ -226,8 +241,10 @@ class Watcher:
 
     async def _download(self, task: Task) -> None:
         """Save the video. A failure that may pass (network, server, full disk) is retried until the link
-        expires, backing off to DOWNLOAD_MAX_BACKOFF; after DOWNLOAD_ATTEMPTS of them the task's notes say so."""
+        expires (or for as long as the error's ``retry_for`` allows), backing off to DOWNLOAD_MAX_BACKOFF; after
+        DOWNLOAD_ATTEMPTS of them the task's notes say so."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
+        first_failure: dict[str, float] = {}  # reason -> monotonic time it first happened
         for attempt in itertools.count(1):
             expires = parse_iso(task.video_url_expires_at)
             if not task.video_url or (expires and expires <= utcnow()):
@@ -236,15 +253,20 @@ class Watcher:
             try:
                 await download_video(
                     self._downloads, task.video_url, dest, allowed_hosts=self._settings.download_hosts,
-                    timeout=DOWNLOAD_TIMEOUT,
+                    timeout=DOWNLOAD_TIMEOUT, folder=self._settings.videos_dir, slots=self._download_slots,
                 )
             except DownloadError as exc:
                 self._journal.note_download_failure(task.task_id, str(exc))
+                since = first_failure.setdefault(exc.reason.split(":")[0], time.monotonic())
+                if exc.retry_for is not None and time.monotonic() - since >= exc.retry_for:
+                    note = f"download failed: {exc}; gave up after {exc.retry_for:g} s of retrying"
+                    await self._changed_to(task.model_copy(update={"notes": [*task.notes, note]}))
+                    return
                 if not exc.retryable:
                     await self._changed_to(task.model_copy(update={"notes": [*task.notes, f"download failed: {exc}"]}))
                     return
                 if attempt == DOWNLOAD_ATTEMPTS:
-                    note = f"download failed: {exc}; retrying until the link expires"
+                    note = f"download failed: {exc}; {exc.retrying}"
                     await self._changed_to(task.model_copy(update={"notes": [*task.notes, note]}))
                 log.warning("download of %s failed (attempt %d): %s", task.task_id, attempt, exc)
                 await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** min(attempt - 1, 20), DOWNLOAD_MAX_BACKOFF))
