@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,11 @@ from urllib.parse import quote
 
 import anyio
 import pytest
+import support
 import uvicorn
 from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,18 +35,29 @@ from starlette.routing import Route
 from wanx_mcp.config import Settings
 from wanx_mcp.dashscope import AmbiguousCreate, DashScopeClient
 from wanx_mcp.errors import DashScopeError
+from wanx_mcp.journal import Journal
 from wanx_mcp.request import build_request
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
+from wanx_mcp.simulator import RunningSimulator
 from wanx_mcp.simulator.app import sample_video
+from wanx_mcp.tasks import Status, Task, iso, utcnow
 
 pytestmark = pytest.mark.anyio
 
 API_KEY = "sk-hostile-ECHOCHECK-5a1f0c3e9b7d2864"
 SIGNATURE = "SIGxHOSTILExSIGNATUREx0123456789"
 QUICK: dict[str, Any] = {"timeout": 2.0, "backoff": 0.02, "max_backoff": 0.1}
-EVIL_IDS = ["../../outside/x", "/tmp/holiday", "..", "a/b/c-1234567", "abc", "x" * 200, "ok-12345678\n",
-            "%2e%2e%2fx123"]
+EVIL_IDS = [
+    "../../outside/x",
+    "/tmp/holiday",
+    "..",
+    "a/b/c-1234567",
+    "abc",
+    "x" * 200,
+    "ok-12345678\n",
+    "%2e%2e%2fx123",
+]
 DEBUG_LOGGERS = ("", "wanx_mcp", "mcp", "httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
@@ -159,9 +173,10 @@ async def test_a_bad_task_id_writes_nothing_outside_and_its_submission_stays_fin
     caplog.set_level(logging.DEBUG)
     hostile.create_id = evil
     before = files_under(tmp_path)
-    async with Wanx.open(settings_for(hostile, tmp_path), client_options=QUICK) as wanx, Client(
-        build_server(wanx)
-    ) as client:
+    async with (
+        Wanx.open(settings_for(hostile, tmp_path), client_options=QUICK) as wanx,
+        Client(build_server(wanx)) as client,
+    ):
         result = await client.call_tool("generate_and_wait", {"image": str(image), "wait_seconds": 2})
         assert result.is_error and "AmbiguousCreate" in result.content[0].text  # type: ignore[union-attr]
         assert "BadResponse" in result.content[0].text  # type: ignore[union-attr]
@@ -222,3 +237,68 @@ async def test_an_echoed_key_appears_nowhere_and_no_signed_query_is_logged(
     for corpus in (seen, rows, logged):
         assert not [t for t in corpus if API_KEY in t or API_KEY[-16:] in t]
     assert not [t for t in logged if SIGNATURE in t or "Expires=" in t]
+
+
+# -- strangers' tasks, malformed ids, unknown prompts -------------------------------------------------------
+
+
+async def test_get_task_on_a_running_task_of_the_account_not_created_here(
+    make_simulator: Callable[..., RunningSimulator], tmp_path: Path
+) -> None:
+    sim = make_simulator(speed=1.0)  # it stays PENDING or RUNNING for a while
+    async with DashScopeClient(sim.api_key, sim.base_url) as other:
+        foreign = (await other.create_task(build_request({"image": "https://example.com/a.png"}),
+                                           "https://example.com/a.png")).output.task_id  # fmt: skip
+    async with Wanx.open(support.settings_for(sim, tmp_path)) as wanx, Client(build_server(wanx)) as client:
+        result = await client.call_tool("get_task", {"task_id": foreign})
+        listed = await client.call_tool("list_tasks", {"start_time": "2000-01-01T00:00:00Z"})
+    assert not result.is_error, result.content
+    task = result.structured_content or {}
+    assert task["status"] in ("PENDING", "RUNNING") and "not created through this server" in " ".join(task["notes"])
+    assert not listed.is_error, listed.content
+
+
+async def test_a_journal_row_of_a_model_the_catalog_lacks_is_followed(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    settings = support.settings_for(simulator, tmp_path)
+    async with DashScopeClient(simulator.api_key, simulator.base_url) as other:
+        created = await other.create_task(build_request({"image": "https://example.com/a.png"}),
+                                          "https://example.com/a.png")  # fmt: skip
+    old = Task(
+        task_id=created.output.task_id, status=Status.PENDING, model="wanx-retired-model", created_at=iso(utcnow())
+    )
+    journal = Journal(settings.journal_path)
+    journal.insert(old, {})
+    journal.close()
+    async with Wanx.open(settings) as wanx, Client(build_server(wanx)) as client:
+        result = await client.call_tool("get_task", {"task_id": old.task_id, "wait_seconds": 10})
+    assert not result.is_error, result.content
+    assert (result.structured_content or {})["status"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("task_id", ["../x", "abc", "a b c d e f g", "x" * 300, "aaaaaaaa\u202e", "AAAAAAAA%2f", ""])
+async def test_cancel_on_a_malformed_id_is_refused_locally(
+    simulator: RunningSimulator, tmp_path: Path, task_id: str
+) -> None:
+    async with Wanx.open(support.settings_for(simulator, tmp_path)) as wanx, Client(build_server(wanx)) as client:
+        result = await client.call_tool("cancel_task", {"task_id": task_id})
+    assert result.is_error and "InvalidInput: task_id=" in result.content[0].text  # type: ignore[union-attr]
+    assert simulator.state.stats()["requests"] == []
+
+
+async def test_an_unknown_prompt_or_missing_argument_is_a_clean_mcp_error(
+    simulator: RunningSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with Wanx.open(support.settings_for(simulator, tmp_path)) as wanx, Client(build_server(wanx)) as client:
+        with pytest.raises(MCPError) as unknown:
+            await client.get_prompt("no_such_prompt", {})
+        with pytest.raises(MCPError) as missing:
+            await client.get_prompt("motion_prompt", {})
+        good = await client.get_prompt("motion_prompt", {"subject": "a fox"})
+    assert unknown.value.code == INVALID_PARAMS and "unknown prompt" in unknown.value.message
+    assert "motion_prompt" in unknown.value.message
+    assert missing.value.code == INVALID_PARAMS and "subject" in missing.value.message
+    assert "a fox" in good.messages[0].content.text  # type: ignore[union-attr]
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]

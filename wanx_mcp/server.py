@@ -12,12 +12,13 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp_types import ToolAnnotations
+from mcp_types import INVALID_PARAMS, GetPromptResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .errors import WanxError
+from .errors import InvalidInput, WanxError
 from .request import GenerationArgs
 from .service import ModelInfo, Wanx, check_task_id
 from .tasks import Task
@@ -105,10 +106,25 @@ def _progress_reporter(ctx: Context) -> Callable[[Task, float], Awaitable[None]]
     return report
 
 
+class _Server(MCPServer):
+    """The SDK's server, with prompt errors as clean ``INVALID_PARAMS`` errors (no code 0, no traceback)."""
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        known = [prompt.name for prompt in await self.list_prompts()]
+        if name not in known:
+            raise MCPError(INVALID_PARAMS, str(InvalidInput("name", name, "unknown prompt", valid=known)))
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:  # the SDK's wrapping of missing or ill-typed arguments
+            raise MCPError(INVALID_PARAMS, f"InvalidInput: prompt {name}: {exc}") from None
+
+
 def build_server(wanx: Wanx) -> MCPServer:
     """An MCP server exposing ``wanx``; resource-updated events go out as tasks change."""
     bus = InMemorySubscriptionBus()
-    server = MCPServer(
+    server = _Server(
         "wanx-mcp",
         title="Wan image-to-video (DashScope)",
         instructions=INSTRUCTIONS,
