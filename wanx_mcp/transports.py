@@ -1,15 +1,20 @@
-"""Running the MCP server over stdio or streamable HTTP (bearer token, DNS-rebinding protection)."""
+"""Running the MCP server over stdio or streamable HTTP (bearer token, DNS-rebinding protection, a budget
+for request bodies in memory, header and idle timeouts)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
 from collections.abc import Sequence
+from typing import Any
 
+import h11
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
 from .errors import InvalidInput
@@ -21,6 +26,11 @@ log = logging.getLogger(__name__)
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 #: Largest HTTP request body: a 20 MB image as a base64 data URI, plus the JSON around it.
 MAX_REQUEST_BODY = 28 * 1024 * 1024
+#: Request-body bytes all requests together may hold in memory; a request beyond it gets 503 + Retry-After.
+MAX_BODIES_IN_FLIGHT = 2 * MAX_REQUEST_BODY
+RETRY_AFTER_SECONDS = 1
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_SECONDS = 5
 #: Seconds a stopping HTTP server waits for open streams (e.g. a client's subscriptions/listen) to end.
 GRACEFUL_SHUTDOWN = 3
 
@@ -35,16 +45,17 @@ def is_loopback(host: str) -> bool:
 
 
 class BearerToken:
-    """ASGI middleware: HTTP requests must carry ``Authorization: Bearer <token>`` (compared in constant time)."""
+    """ASGI middleware: HTTP requests must carry ``Authorization: Bearer <token>`` (the scheme in any case, the
+    token compared in constant time)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            supplied = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(supplied, self._expected):
+            scheme, _, supplied = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
+            if not (hmac.compare_digest(supplied.strip(), self._expected) and scheme.lower() == b"bearer"):
                 body = b'{"error": "unauthorized", "message": "send Authorization: Bearer $WANX_MCP_TOKEN"}'
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="wanx-mcp"'),
@@ -53,6 +64,113 @@ class BearerToken:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class BodyBudget:
+    """ASGI middleware: at most ``limit`` request-body bytes in memory across all requests at once.
+
+    A request reserves its declared ``Content-Length`` (``per_request`` when it declares none) until it is
+    answered; one that would go over the budget while others hold it gets 503 with ``Retry-After``, its body
+    read and dropped (never kept), so the client sees the answer instead of a reset connection.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODIES_IN_FLIGHT, per_request: int = MAX_REQUEST_BODY) -> None:
+        self.app = app
+        self.limit = limit
+        self.per_request = per_request
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit():
+            reserve = min(int(declared), self.per_request)
+        else:
+            reserve = self.per_request if b"transfer-encoding" in headers else 0
+        if reserve and self.in_flight and self.in_flight + reserve > self.limit:
+            log.warning("request body of %d bytes refused with 503: %d bytes in flight", reserve, self.in_flight)
+            await self._drop_body(receive)
+            body = b'{"error": "busy", "message": "too many large requests at once; retry shortly"}'
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+                (b"content-length", str(len(body)).encode()),
+            ]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += reserve
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= reserve
+
+    async def _drop_body(self, receive: Receive) -> None:
+        seen = 0
+        while seen <= self.per_request:
+            message: Message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+
+def timed_protocol(header_timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing connections that take over ``header_timeout`` seconds to send a request's
+    headers (counted from the connection, or the previous answer) or stay that long silent mid-body.
+
+    uvicorn itself only times out keep-alive connections that send nothing at all.
+    """
+
+    class TimedH11Protocol(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _waiting_for: Any = None  # the h11 state the timer is for
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._watch()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch(progress=True)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._arm(None)
+            super().connection_lost(exc)
+
+        def _watch(self, progress: bool = False) -> None:
+            state = self.conn.their_state
+            if state is h11.IDLE:  # waiting for headers: the clock runs from the first time we wait
+                if self._waiting_for is not h11.IDLE:
+                    self._arm(h11.IDLE)
+            elif state is h11.SEND_BODY:  # reading a body: the clock restarts whenever data comes
+                if progress or self._waiting_for is not h11.SEND_BODY:
+                    self._arm(h11.SEND_BODY)
+            else:
+                self._arm(None)
+
+        def _arm(self, state: Any) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._waiting_for = state
+            self._timer = None if state is None else self.loop.call_later(header_timeout, self._expire)
+
+        def _expire(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            if self._waiting_for is h11.SEND_BODY and self.flow.read_paused:  # we are not reading, not them
+                self._arm(h11.SEND_BODY)
+                return
+            what = "request headers" if self._waiting_for is h11.IDLE else "the rest of the body"
+            log.info("closed an HTTP connection that sent no %s within %g s", what, header_timeout)
+            self.transport.close()
+
+    return TimedH11Protocol
 
 
 def transport_security(host: str, port: int, extra_hosts: Sequence[str]) -> TransportSecuritySettings:
@@ -85,6 +203,7 @@ def http_app(wanx: Wanx, host: str, port: int) -> ASGIApp:
         host=host,
         max_request_body_size=MAX_REQUEST_BODY,
     )
+    app = BodyBudget(app)
     return BearerToken(app, token) if token else app
 
 
@@ -99,6 +218,7 @@ async def serve_http(settings: Settings, host: str, port: int) -> None:
         app = http_app(wanx, host, port)
         log.info("wanx-mcp listening on http://%s:%d/mcp", host, port)
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
-        )
+            app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            http=timed_protocol(settings.http_header_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )  # fmt: skip
         await uvicorn.Server(config).serve()
