@@ -20,10 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
+import httpx2
 import pytest
 import support
 import uvicorn
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from PIL import Image
@@ -303,3 +305,26 @@ async def test_an_unknown_prompt_or_missing_argument_is_a_clean_mcp_error(
     assert missing.value.code == INVALID_PARAMS and "subject" in missing.value.message
     assert "a fox" in good.messages[0].content.text  # type: ignore[union-attr]
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.slow
+async def test_a_server_process_at_debug_logs_no_echoed_key_and_no_signed_query(
+    hostile: Hostile, tmp_path: Path, image: Path
+) -> None:
+    port, stderr, token = support.free_port(), tmp_path / "stderr.log", "hostile-token-not-a-secret"
+    env = support.isolated_env(tmp_path, DASHSCOPE_HTTP_BASE_URL=f"{hostile.root}/api/v1", DASHSCOPE_API_KEY=API_KEY,
+                               WANX_DOWNLOAD_HOSTS="127.0.0.1", WANX_LOG_LEVEL="DEBUG", WANX_MCP_TOKEN=token,
+                               WANX_POLL_INTERVAL="0.3")  # fmt: skip
+    command = [*support.WANX, "serve", "--transport", "http", "--port", str(port)]
+    with support.listening(command, env, port, stderr):
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        async with http, Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)) as client:
+            ok = await client.call_tool("generate_and_wait", {"image": str(image), "wait_seconds": 20})
+            failed = await client.call_tool("generate_and_wait", {"image": str(image), "prompt": "fail"})
+    task = ok.structured_content or {}
+    assert task["status"] == "SUCCEEDED" and Path(task["video_path"]).read_bytes() == sample_video()
+    assert (failed.structured_content or {})["status"] == "FAILED"
+    logged = stderr.read_text()
+    assert " DEBUG httpcore." in logged and "HTTP Request: GET" in logged and "/v/" in logged
+    assert API_KEY not in logged and API_KEY[-16:] not in logged
+    assert SIGNATURE not in logged and "Expires=" not in logged
