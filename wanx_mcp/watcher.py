@@ -244,7 +244,7 @@ class Watcher:
         expires (or for as long as the error's ``retry_for`` allows), backing off to DOWNLOAD_MAX_BACKOFF; after
         DOWNLOAD_ATTEMPTS of them the task's notes say so."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
-        first_failure: dict[str, float] = {}  # reason -> monotonic time it first happened
+        bounded_since: float | None = None  # when failures worth retrying only for a while (disk full) began
         for attempt in itertools.count(1):
             expires = parse_iso(task.video_url_expires_at)
             if not task.video_url or (expires and expires <= utcnow()):
@@ -257,11 +257,14 @@ class Watcher:
                 )
             except DownloadError as exc:
                 self._journal.note_download_failure(task.task_id, str(exc))
-                since = first_failure.setdefault(exc.reason.split(":")[0], time.monotonic())
-                if exc.retry_for is not None and time.monotonic() - since >= exc.retry_for:
-                    note = f"download failed: {exc}; gave up after {exc.retry_for:g} s of retrying"
-                    await self._changed_to(task.model_copy(update={"notes": [*task.notes, note]}))
-                    return
+                if exc.retry_for is None:
+                    bounded_since = None
+                else:
+                    bounded_since = time.monotonic() if bounded_since is None else bounded_since
+                    if time.monotonic() - bounded_since >= exc.retry_for:
+                        note = f"download failed: {exc}; gave up after {exc.retry_for:g} s of retrying"
+                        await self._changed_to(task.model_copy(update={"notes": [*task.notes, note]}))
+                        return
                 if not exc.retryable:
                     await self._changed_to(task.model_copy(update={"notes": [*task.notes, f"download failed: {exc}"]}))
                     return
