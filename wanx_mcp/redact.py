@@ -18,8 +18,8 @@ MASK = "***"
 #: Shorter secrets are not registered: replacing them would mangle ordinary text.
 MIN_SECRET_CHARS = 8
 _BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)[^\s\"'<>,;&]+")
-#: A URL or a path (anything with a "/") and its query string.
-_URL_QUERY = re.compile(r"([^\s?#\"'<>]*/[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
+#: A URL or path (a word with a "/" before its "?") and its query; tried only where a word starts, so linear.
+_URL_QUERY = re.compile(r"(?<![^\s\"'<>])([^\s\"'<>?]*/[^\s\"'<>?]*)\?[^\s#\"'<>]*")
 
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
@@ -40,13 +40,16 @@ def scrub(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
-    return _BEARER.sub(rf"\1\2{MASK}", text) if "earer" in text or "EARER" in text else text
+    return _BEARER.sub(rf"\1\2{MASK}", text) if "bearer" in text.lower() else text
 
 
 def for_log(text: str) -> str:
-    """``text`` fit for a log line: :func:`scrub` and every URL's query string replaced by ``?...``."""
+    """``text`` fit for a log line: :func:`scrub`, and the query string of every URL or path (a word with a
+    ``/`` before its ``?``) replaced by ``?...``."""
     text = scrub(text)
-    return _URL_QUERY.sub(r"\1?...", text) if "?" in text else text
+    if "?" not in text:
+        return text
+    return _URL_QUERY.sub(r"\1?...", text)
 
 
 def scrub_tree(value: Any) -> Any:
