@@ -34,6 +34,10 @@ MAX_BODIES_IN_FLIGHT = 2 * MAX_REQUEST_BODY
 RETRY_AFTER_SECONDS = 1
 #: Seconds an idle keep-alive connection stays open.
 KEEP_ALIVE_SECONDS = 5
+#: A client may stay silent mid-body this many times the header timeout (while the server is reading).
+BODY_IDLE_FACTOR = 3
+#: A timeout timer firing this many seconds late means the event loop was busy: look again this much later.
+LATE_TIMER_SLACK = 0.5
 #: Seconds a stopping HTTP server waits for open streams (e.g. a client's subscriptions/listen) to end.
 GRACEFUL_SHUTDOWN = 3
 
@@ -125,14 +129,19 @@ class BodyBudget:
 
 def timed_protocol(header_timeout: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing connections that take over ``header_timeout`` seconds to send a request's
-    headers (counted from the connection, or the previous answer) or stay that long silent mid-body.
+    headers (counted from the connection, or the previous answer), or stay silent mid-body for
+    ``BODY_IDLE_FACTOR`` times that while the server is reading.
 
-    uvicorn itself only times out keep-alive connections that send nothing at all.
+    uvicorn itself only times out keep-alive connections that send nothing at all. A timer that fires late (the
+    event loop was busy, so the client's data may be waiting unread) looks again shortly instead of closing.
     """
+    limits = {h11.IDLE: header_timeout, h11.SEND_BODY: header_timeout * BODY_IDLE_FACTOR}
 
     class TimedH11Protocol(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
-        _waiting_for: Any = None  # the h11 state the timer is for
+        _phase: Any = None  # h11.IDLE (waiting for headers), h11.SEND_BODY (reading a body) or None (not timed)
+        _since = 0.0  # when the phase began; while reading a body, when data last came
+        _due = 0.0  # when the timer is set to fire
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -140,43 +149,51 @@ def timed_protocol(header_timeout: float) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            self._watch(progress=True)
+            self._watch(data_came=True)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._watch()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._arm(None)
-            super().connection_lost(exc)
-
-        def _watch(self, progress: bool = False) -> None:
-            state = self.conn.their_state
-            if state is h11.IDLE:  # waiting for headers: the clock runs from the first time we wait
-                if self._waiting_for is not h11.IDLE:
-                    self._arm(h11.IDLE)
-            elif state is h11.SEND_BODY:  # reading a body: the clock restarts whenever data comes
-                if progress or self._waiting_for is not h11.SEND_BODY:
-                    self._arm(h11.SEND_BODY)
-            else:
-                self._arm(None)
-
-        def _arm(self, state: Any) -> None:
+            self._phase = None
             if self._timer is not None:
                 self._timer.cancel()
-            self._waiting_for = state
-            self._timer = None if state is None else self.loop.call_later(header_timeout, self._expire)
+            super().connection_lost(exc)
+
+        def _watch(self, data_came: bool = False) -> None:
+            state = self.conn.their_state
+            phase = state if state in limits else None
+            if phase is not self._phase:
+                self._phase, self._since = phase, self.loop.time()
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if phase is not None:
+                    self._schedule(limits[phase])
+            elif data_came and phase is h11.SEND_BODY:
+                self._since = self.loop.time()
+
+        def _schedule(self, delay: float) -> None:
+            self._due = self.loop.time() + delay
+            self._timer = self.loop.call_later(delay, self._expire)
 
         def _expire(self) -> None:
             self._timer = None
-            if self.transport.is_closing():
+            if self._phase is None or self.transport.is_closing():
                 return
-            if self._waiting_for is h11.SEND_BODY and self.flow.read_paused:  # we are not reading, not them
-                self._arm(h11.SEND_BODY)
-                return
-            what = "request headers" if self._waiting_for is h11.IDLE else "the rest of the body"
-            log.info("closed an HTTP connection that sent no %s within %g s", what, header_timeout)
-            self.transport.close()
+            now, limit = self.loop.time(), limits[self._phase]
+            if now - self._due > LATE_TIMER_SLACK:  # the loop was busy: read what may have come first
+                self._schedule(LATE_TIMER_SLACK)
+            elif self._phase is h11.SEND_BODY and self.flow.read_paused:  # we are not reading, not them
+                self._since = now
+                self._schedule(limit)
+            elif now < self._since + limit:  # data came since the timer was set
+                self._schedule(self._since + limit - now)
+            else:
+                what = "its request headers" if self._phase is h11.IDLE else "more of its request body"
+                log.info("closed an HTTP connection that sent no %s for %g s", what, limit)
+                self.transport.close()
 
     return TimedH11Protocol
 
