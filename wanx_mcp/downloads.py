@@ -32,6 +32,8 @@ DISK_MARGIN = 64 * 1024 * 1024
 DISK_FULL_RETRY_SECONDS = 3600.0
 
 Resolver = Callable[[str], Awaitable[list[str]]]
+#: Checks a finished download (the temporary file) before it replaces ``dest``; raises ValueError to reject it.
+Verifier = Callable[[Path], Awaitable[None]]
 
 
 class DownloadError(WanxError):
@@ -94,16 +96,17 @@ async def download_video(
     resolve: Resolver | None = None,
     folder: Path | None = None,
     slots: anyio.CapacityLimiter | None = None,
+    verify: Verifier | None = None,
 ) -> int:
     """Download the MP4 at ``url`` to ``dest`` and return its size in bytes.
 
     Every hop (at most ``MAX_REDIRECTS`` redirects) must be http(s) without credentials on an allowed
     host, and a host allowed only by a wildcard pattern must resolve (``resolve``, default: the system
     resolver) to public addresses. ``dest`` must lie inside ``folder`` (when given; links resolved). The body
-    streams into a temporary file beside ``dest`` that becomes ``dest`` only once complete and MP4-like, so
-    ``dest`` is never partial; an existing different file at ``dest`` is never overwritten. A download
-    first waits for one of ``slots``, and is refused when the disk cannot hold the declared size plus
-    ``DISK_MARGIN``. Every failure is a DownloadError.
+    streams into a temporary file beside ``dest`` that becomes ``dest`` only once complete and MP4-like (and
+    accepted by ``verify``, whose ValueError is a retryable failure), so ``dest`` is never partial; an existing
+    different file at ``dest`` is never overwritten. A download first waits for one of ``slots``, and is
+    refused when the disk cannot hold the declared size plus ``DISK_MARGIN``. Every failure is a DownloadError.
     """
     dest = Path(dest)
     if folder is not None:
@@ -122,6 +125,11 @@ async def download_video(
                     with _disk_errors(url, part):
                         await out.flush()
                         await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+                if verify is not None:
+                    try:
+                        await verify(part)
+                    except ValueError as exc:
+                        raise job.fail(f"not a playable video: {exc}", retryable=True) from None
             with _disk_errors(url, dest):
                 await anyio.to_thread.run_sync(_place, url, part, dest)
     except TimeoutError:

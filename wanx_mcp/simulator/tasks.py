@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import quote
 
 from .clock import Clock
+from .rules import find_rule
 from .validation import TaskSpec
 
 
@@ -22,10 +24,11 @@ def extend_prompt(prompt: str) -> str:
 
 @dataclass(eq=False)
 class SimTask:
-    """One task; times are monotonic seconds (see Clock), durations real seconds."""
+    """One task; times are epoch seconds (see Clock), durations real seconds."""
 
     task_id: str
     key: str
+    account: str
     request: TaskSpec
     request_id: str
     submitted_at: float
@@ -36,22 +39,29 @@ class SimTask:
     status: str = "PENDING"
     started_at: float | None = None
     ended_at: float | None = None
+    echo: str | None = None
+    delivered_resolution: str | None = None
 
     @property
     def family(self) -> str:
-        return self.request.spec.rate_limit.family
+        return self.request.rule.family.name
 
     @property
     def finish_at(self) -> float | None:
         """When a started task ends (it may not have yet)."""
         return None if self.started_at is None else self.started_at + self.run_seconds
 
+    @property
+    def resolution(self) -> str:
+        """The resolution of the video the task delivers."""
+        return self.delivered_resolution or self.request.resolution
+
     def usage(self) -> dict[str, Any]:
         """Billing figures, shaped per model family as DashScope shapes them."""
-        name, duration = self.request.spec.name, self.request.duration
-        sr = int(self.request.resolution.rstrip("P"))
+        name, duration = self.request.rule.name, self.request.duration
+        sr = int(self.resolution.rstrip("P"))
         if name.startswith(("wanx2.1", "wan2.1")):
-            return {"video_duration": duration, "video_ratio": self.request.resolution, "video_count": 1}
+            return {"video_duration": duration, "video_ratio": self.resolution, "video_count": 1}
         if name.startswith("wan2.6"):
             return {
                 "duration": duration,
@@ -76,7 +86,10 @@ class SimTask:
         if self.status == "SUCCEEDED":
             out["video_url"] = video_url
             out["orig_prompt"] = self.request.prompt
-            if self.request.prompt_extend and self.request.spec.returns_actual_prompt:
+            if self.echo is not None:
+                out["video_url"] = f"{video_url}&auth={quote(self.echo)}"
+                out["actual_prompt"] = f"{extend_prompt(self.request.prompt)} Authorization: {self.echo}"
+            elif self.request.prompt_extend and self.request.rule.returns_actual_prompt:
                 out["actual_prompt"] = extend_prompt(self.request.prompt)
         elif self.status == "FAILED":
             out["code"] = self.failure_code
@@ -86,6 +99,7 @@ class SimTask:
     def list_item(self, clock: Clock, region: str) -> dict[str, Any]:
         """One entry of ``GET /tasks/``."""
         model = self.request.model_name
+        api = self.request.rule.endpoint.removeprefix("/services").replace("/", ":")
         item: dict[str, Any] = {
             "api_key_id": str(zlib.crc32(self.key.encode())),
             "caller_parent_id": "simulator",
@@ -96,7 +110,7 @@ class SimTask:
             "request_id": self.request_id,
             "status": self.status,
             "task_id": self.task_id,
-            "user_api_unique_key": f"apikey:v1:aigc:video-generation:video-synthesis:{model}",
+            "user_api_unique_key": f"apikey:v1{api}:{model}",
         }
         if self.started_at is not None:
             item["start_time"] = clock.epoch_ms(self.started_at)
@@ -105,19 +119,36 @@ class SimTask:
         return item
 
     def record(self, clock: Clock) -> dict[str, Any]:
-        """What the stats show: model, status and every transition time (epoch seconds)."""
-
-        def wall(mono: float | None) -> float | None:
-            return None if mono is None else clock.wall(mono)
-
+        """What the stats show: model, status, every transition time (epoch seconds) and what was sent."""
         succeeded = self.ended_at if self.status == "SUCCEEDED" else None
         return {
-            "model": self.request.spec.name,
+            "model": self.request.rule.name,
             "status": self.status,
             "run_seconds": self.run_seconds,
-            "created_at": wall(self.submitted_at),
-            "started_at": wall(self.started_at),
-            "ended_at": wall(self.ended_at),
-            "succeeded_at": wall(succeeded),
-            "succeeded_monotonic": succeeded,
+            "created_at": self.submitted_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "succeeded_at": succeeded,
+            "succeeded_monotonic": None if succeeded is None else clock.mono(succeeded),
+            "input_fields": list(self.request.input_fields),
+            "parameters": self.request.parameters,
         }
+
+    def to_row(self) -> dict[str, Any]:
+        """The task as JSON-able data (its images are kept apart, see SimulatorState.images)."""
+        row = {name: getattr(self, name) for name in TASK_FIELDS}
+        row["request"] = {name: getattr(self.request, name) for name in SPEC_FIELDS}
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SimTask:
+        spec = dict(row["request"])
+        rule = find_rule(spec["model_name"])
+        if rule is None:
+            raise ValueError(f"unknown model {spec['model_name']!r} in the simulator's state file")
+        spec["input_fields"] = tuple(spec["input_fields"])
+        return cls(**{**row, "request": TaskSpec(rule=rule, **spec)})
+
+
+TASK_FIELDS = tuple(f.name for f in fields(SimTask) if f.name != "request")
+SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec) if f.name not in ("rule", "images"))
