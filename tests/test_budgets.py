@@ -96,6 +96,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # sixteen fits of a 64-megapixel image (each create checks it, then prepares it to send)
 async def test_server_peak_memory_stays_bounded_under_big_images_and_bodies(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
