@@ -310,8 +310,9 @@ async def test_the_simulators_own_host_allowed_downloads_the_video(
 def test_redaction_of_upstream_texts_and_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     redact.register(API_KEY)
     redact.install()
-    echoed = f"auth=Bearer {API_KEY}; again {quote(API_KEY)} and bearer%20tok-123.abc, Bearer\txyz"
+    echoed = f"auth=Bearer {API_KEY}; again {quote(API_KEY)} and bearer%20tok-123.abc, Bearer\teyJ0eXAi0.x"
     assert redact.scrub(echoed) == "auth=Bearer ***; again *** and bearer%20***, Bearer\t***"
+    assert redact.scrub("a flag bearer marching, Bearer realm=x") == "a flag bearer marching, Bearer realm=x"
     link = "https://x.oss-cn-beijing.aliyuncs.com/1/a.mp4?Expires=1&OSSAccessKeyId=LTAI&Signature=c2ln"
     assert redact.scrub(link) == link  # video_url stays usable for the agent
     line = f'HTTP Request: GET {link} "HTTP/1.1 200 OK"; "GET /v/a.mp4?Signature=c2ln HTTP/1.1"; what? ok'

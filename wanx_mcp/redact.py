@@ -17,7 +17,8 @@ from urllib.parse import quote
 MASK = "***"
 #: Shorter secrets are not registered: replacing them would mangle ordinary text.
 MIN_SECRET_CHARS = 8
-_BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)[^\s\"'<>,;&]+")
+#: A bearer credential: a word of 8 or more characters with a digit (so "a flag bearer marching" stays).
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)(?=[^\s\"'<>,;&]*\d)[^\s\"'<>,;&]{8,}")
 #: A URL or path (a word with a "/" before its "?") and its query; tried only where a word starts, so linear.
 _URL_QUERY = re.compile(r"(?<![^\s\"'<>])([^\s\"'<>?]*/[^\s\"'<>?]*)\?[^\s#\"'<>]*")
 
