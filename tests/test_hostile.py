@@ -37,12 +37,12 @@ from starlette.routing import Route
 from wanx_mcp.config import Settings
 from wanx_mcp.dashscope import AmbiguousCreate, DashScopeClient
 from wanx_mcp.errors import DashScopeError
-from wanx_mcp.journal import Journal
 from wanx_mcp.request import build_request
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import RunningSimulator
 from wanx_mcp.simulator.app import sample_video
+from wanx_mcp.store import open_store
 from wanx_mcp.tasks import Status, Task, iso, utcnow
 
 pytestmark = pytest.mark.anyio
@@ -182,9 +182,9 @@ async def test_a_bad_task_id_writes_nothing_outside_and_its_submission_stays_fin
         result = await client.call_tool("generate_and_wait", {"image": str(image), "wait_seconds": 2})
         assert result.is_error and "AmbiguousCreate" in result.content[0].text  # type: ignore[union-attr]
         assert "BadResponse" in result.content[0].text  # type: ignore[union-attr]
-        submissions = wanx.journal.submissions()
-        assert [s["outcome"] for s in submissions] == ["ambiguous"] and submissions[0]["task_id"] is None
-        assert wanx.list() == []
+        submissions = await wanx.store.submissions()
+        assert [s.outcome for s in submissions] == ["ambiguous"] and submissions[0].task_id is None
+        assert await wanx.store.list_tasks() == []
         await anyio.sleep(0.5)  # a watcher that followed it would have polled and downloaded by now
     assert [r for r in hostile.requests if not r.startswith("POST")] == []
     created = files_under(tmp_path) - before
@@ -270,9 +270,9 @@ async def test_a_journal_row_of_a_model_the_catalog_lacks_is_followed(
     old = Task(
         task_id=created.output.task_id, status=Status.PENDING, model="wanx-retired-model", created_at=iso(utcnow())
     )
-    journal = Journal(settings.journal_path)
-    journal.insert(old, {})
-    journal.close()
+    store = await open_store(settings)
+    assert await store.insert_task(old, {})
+    await store.close()
     async with Wanx.open(settings) as wanx, Client(build_server(wanx)) as client:
         result = await client.call_tool("get_task", {"task_id": old.task_id, "wait_seconds": 10})
     assert not result.is_error, result.content
