@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from mcp import Client
 from PIL import Image
+from support import settings_for
 
+from wanx_mcp.server import build_server
+from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 FAST: dict[str, Any] = {"speed": 200.0, "jitter": False, "render": False}  # render=True where a test looks at the video
@@ -44,6 +48,20 @@ def make_simulator() -> Iterator[Callable[..., RunningSimulator]]:
 def simulator(make_simulator: Callable[..., RunningSimulator]) -> RunningSimulator:
     """A fresh simulator at speed 200 without jitter: a 60 s generation takes 0.3 s."""
     return make_simulator()
+
+
+@pytest.fixture
+async def wanx(simulator: RunningSimulator, tmp_path: Path) -> AsyncIterator[Wanx]:
+    """The library against ``simulator`` (a test module may override that fixture), data in ``tmp_path``."""
+    async with Wanx.open(settings_for(simulator, tmp_path)) as service:
+        yield service
+
+
+@pytest.fixture
+async def client(wanx: Wanx) -> AsyncIterator[Client]:
+    """An in-memory MCP client session with the server over ``wanx``."""
+    async with Client(build_server(wanx)) as session:
+        yield session
 
 
 def _no_postgres(reason: str) -> NoReturn:

@@ -70,3 +70,8 @@ def listening(command: list[str], env: dict[str, str], port: int, log: Path) -> 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def text_of(result: Any) -> str:
+    """The text blocks of a tool result, joined: what a client that ignores structured content shows."""
+    return "\n".join(getattr(block, "text", "") for block in result.content)

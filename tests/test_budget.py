@@ -11,12 +11,11 @@ import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
-from support import WANX, isolated_env, settings_for, simulator_env
+from support import WANX, isolated_env, settings_for, simulator_env, text_of
 
 from wanx_mcp.catalog import MODELS, budget_price, get_model
 from wanx_mcp.config import load_settings
@@ -32,10 +31,6 @@ pytestmark = pytest.mark.anyio
 
 #: wan2.2-i2v-flash, 720P, 5 s: 0.20 CNY/s x 5 s = 1.0 CNY.
 ONE_CNY = {"model": "wan2.2-i2v-flash", "resolution": "720P", "duration": 5}
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import anyio
 import pytest
 import support
 from mcp import Client
+from support import text_of
 
 from wanx_mcp import watcher
 from wanx_mcp.config import Settings
@@ -60,10 +61,6 @@ def quick_download_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Download retries 0.01, 0.02, 0.04... s apart (at most 0.1 s) instead of 2, 4, 8... s (at most 60)."""
     monkeypatch.setattr(watcher, "DOWNLOAD_BACKOFF", 0.01)
     monkeypatch.setattr(watcher, "DOWNLOAD_MAX_BACKOFF", 0.1)
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 def complete_video(path: str | None) -> bool:

@@ -14,12 +14,11 @@ import os
 import sqlite3
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
-from support import WANX, isolated_env, settings_for, simulator_env
+from support import WANX, isolated_env, settings_for, simulator_env, text_of
 
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
@@ -29,10 +28,6 @@ from wanx_mcp.tasks import Status, Task
 
 pytestmark = pytest.mark.anyio
 DAMAGES = ("bad page", "bad index", "garbage file")
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 async def damaged_journal(data_dir: Path, damage: str) -> Path:

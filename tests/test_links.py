@@ -4,7 +4,7 @@ served without loading the file into memory; and the capped video resource."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,7 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from PIL import Image
-from support import WANX, free_port, isolated_env, listening, settings_for
+from support import WANX, free_port, isolated_env, listening
 
 from wanx_mcp.links import VideoLinks
 from wanx_mcp.server import MAX_VIDEO_RESOURCE_BYTES, build_server
@@ -155,12 +155,6 @@ async def test_serving_a_large_video_keeps_the_server_memory_flat(server: tuple[
     assert received == size
     grown = vm_peak_rss(process.pid) - before
     assert grown < 32 * 1024 * 1024, f"the server's peak RSS grew by {grown / 2**20:.0f} MB serving 200 MB"
-
-
-@pytest.fixture
-async def wanx(simulator: Any, tmp_path: Path) -> AsyncIterator[Wanx]:
-    async with Wanx.open(settings_for(simulator, tmp_path)) as service:
-        yield service
 
 
 async def test_the_video_resource_refuses_a_video_too_large_for_one_message(wanx: Wanx, image: Path) -> None:

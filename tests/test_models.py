@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 from PIL import Image
-from support import WANX, isolated_env, settings_for
+from support import WANX, isolated_env, text_of
 
 from wanx_mcp.catalog import I2V_PATH, KF2V_PATH, MODELS, PARAMS, ModelSpec, Param, Rule, model_table, registered, rules
 from wanx_mcp.catalog import WAN_21_22 as FAMILY
@@ -28,26 +27,10 @@ GENERATING = ("create_video_task", "generate_and_wait")
 
 
 @pytest.fixture
-async def wanx(simulator: Any, tmp_path: Path) -> AsyncIterator[Wanx]:
-    async with Wanx.open(settings_for(simulator, tmp_path)) as service:
-        yield service
-
-
-@pytest.fixture
-async def client(wanx: Wanx) -> AsyncIterator[Client]:
-    async with Client(build_server(wanx)) as session:
-        yield session
-
-
-@pytest.fixture
 def last_frame(tmp_path: Path) -> Path:
     path = tmp_path / "last.png"
     Image.new("RGB", (640, 480), "#aa6633").save(path)
     return path
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 def cli_arguments() -> set[str]:

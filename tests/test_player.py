@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from mcp import Client
 from mcp.client import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from PIL import Image
-from support import WANX, free_port, isolated_env, listening, settings_for
+from support import WANX, free_port, isolated_env, listening
 
 from wanx_mcp.server import PLAYER_URI, build_server
 from wanx_mcp.service import Wanx
@@ -28,12 +28,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "player-test-token"
 APPS = [advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})]
 SHOWN = ("prompt", "actual", "model", "resolution", "duration", "cost")
-
-
-@pytest.fixture
-async def wanx(simulator: Any, tmp_path: Path) -> AsyncIterator[Wanx]:
-    async with Wanx.open(settings_for(simulator, tmp_path)) as service:
-        yield service
 
 
 async def test_the_player_is_bound_to_the_two_waiting_tools_and_served_as_an_app(wanx: Wanx) -> None:

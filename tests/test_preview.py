@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,6 @@ def red(tmp_path: Path) -> Path:
 def simulator(make_simulator: Callable[..., RunningSimulator]) -> RunningSimulator:
     """The fast simulator, rendering each result video from the submitted image."""
     return make_simulator(render=True)
-
-
-@pytest.fixture
-async def wanx(simulator: Any, tmp_path: Path) -> AsyncIterator[Wanx]:
-    async with Wanx.open(settings_for(simulator, tmp_path)) as service:
-        yield service
-
-
-@pytest.fixture
-async def client(wanx: Wanx) -> AsyncIterator[Client]:
-    async with Client(build_server(wanx)) as session:
-        yield session
 
 
 def images_of(result: Any) -> list[ImageContent]:

@@ -23,6 +23,7 @@ import support
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
+from support import text_of
 
 from wanx_mcp import redact
 from wanx_mcp.config import Settings
@@ -46,10 +47,6 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 def settings_for(sim: RunningSimulator, tmp_path: Path, **changes: Any) -> Settings:
     return support.settings_for(sim, tmp_path, poll_interval=0.3, **changes)
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 def leaks(texts: list[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from support import settings_for
+from support import settings_for, text_of
 
 from wanx_mcp.catalog import get_model
 from wanx_mcp.errors import InvalidInput
@@ -21,22 +20,6 @@ from wanx_mcp.service import Wanx
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"create_video_task", "get_task", "generate_and_wait", "cancel_task", "list_tasks", "list_models"}
-
-
-@pytest.fixture
-async def wanx(simulator: Any, tmp_path: Path) -> AsyncIterator[Wanx]:
-    async with Wanx.open(settings_for(simulator, tmp_path)) as service:
-        yield service
-
-
-@pytest.fixture
-async def client(wanx: Wanx) -> AsyncIterator[Client]:
-    async with Client(build_server(wanx)) as session:
-        yield session
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 def mp4_ok(path: str | None) -> bool:
