@@ -343,6 +343,16 @@ async def test_tracking_keeps_one_slot_per_task(store: TaskStore) -> None:
     assert await store.running(FAMILY, T0) == 1 and await store.slot_holders(FAMILY, T0) == ["task-t"]
 
 
+async def test_assigning_a_slot_twice_keeps_it(store: TaskStore) -> None:
+    """Two of a process's creates may both write a pending assignment: the slot must stay the task's."""
+    await store.heartbeat("A", 30, T0)
+    slot = await store.take_slot(FAMILY, await store.enqueue(FAMILY, "A", T0), 2, T0)
+    assert slot is not None
+    await store.assign_slot(slot, "task-a")
+    await store.assign_slot(slot, "task-a")
+    assert await store.running(FAMILY, T0) == 1 and await store.slot_holders(FAMILY, T0) == ["task-a"]
+
+
 async def test_holds_and_lapsed_owners_free_their_slots(store: TaskStore) -> None:
     await store.heartbeat("A", 30, T0)
     await store.heartbeat("dead", 10, T0)

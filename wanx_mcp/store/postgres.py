@@ -677,7 +677,8 @@ class PostgresStore(TaskStore):
             if row is None:
                 return
             await _lock(conn, row[0])
-            if await (await conn.execute("SELECT 1 FROM slots WHERE task_id = %s", (task_id,))).fetchone():
+            other = "SELECT 1 FROM slots WHERE task_id = %s AND id <> %s"  # not this slot: assigning twice keeps it
+            if await (await conn.execute(other, (task_id, slot_id))).fetchone():
                 await conn.execute("DELETE FROM slots WHERE id = %s", (slot_id,))
             else:
                 await conn.execute("UPDATE slots SET task_id = %s, expires = NULL WHERE id = %s", (task_id, slot_id))

@@ -600,7 +600,7 @@ class SQLiteStore(TaskStore):
             family = db.execute("SELECT family FROM slots WHERE id = ?", (slot_id,)).fetchone()
             if family is None:
                 return
-            if db.execute("SELECT 1 FROM slots WHERE task_id = ?", (task_id,)).fetchone():
+            if db.execute("SELECT 1 FROM slots WHERE task_id = ? AND id <> ?", (task_id, slot_id)).fetchone():
                 db.execute("DELETE FROM slots WHERE id = ?", (slot_id,))
             else:
                 db.execute("UPDATE slots SET task_id = ?, expires = NULL WHERE id = ?", (task_id, slot_id))
