@@ -5,12 +5,14 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.apps import Apps, ResourceCsp
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import ToolAnnotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .errors import WanxError
+from .links import VideoLinks
 from .request import GenerationArgs
 from .service import ModelInfo, Wanx, check_task_id
 from .tasks import Task
@@ -25,6 +28,8 @@ from .tasks import Task
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 3600.0
+#: Largest video the ``wanx://tasks/{task_id}/video`` resource returns (base64 in one message); larger: video_link.
+MAX_VIDEO_RESOURCE_BYTES = 32 * 1024 * 1024
 
 INSTRUCTIONS = """\
 Turns a still image plus a text prompt into a short video with Alibaba Cloud DashScope's Wan models.
@@ -40,6 +45,10 @@ SUBMITS = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentH
 READS_UPSTREAM = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=True)
 READS_LOCAL = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 CANCELS = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=True)
+
+#: The MCP Apps player bound to generate_and_wait and get_task (the flat key is for pre-GA hosts).
+PLAYER_URI = "ui://wanx/player.html"
+PLAYER_TOOL_META = {"ui": {"resourceUri": PLAYER_URI}, "ui/resourceUri": PLAYER_URI}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -105,8 +114,24 @@ def _progress_reporter(ctx: Context) -> Callable[[Task, float], Awaitable[None]]
     return report
 
 
-def build_server(wanx: Wanx) -> MCPServer:
-    """An MCP server exposing ``wanx``; resource-updated events go out as tasks change."""
+def player_app() -> Apps:
+    """The MCP Apps extension with the inline player: it asks get_task for progress, then plays the video read
+    through ``wanx://tasks/{task_id}/video``. It loads nothing from the network, so its CSP allows no domain."""
+    apps = Apps()
+    apps.add_html_resource(
+        PLAYER_URI,
+        (files("wanx_mcp") / "player" / "player.html").read_text(encoding="utf-8"),
+        title="Wan video player",
+        description="Shows a video task's progress, then plays the video with its prompt, model and cost",
+        csp=ResourceCsp(connect_domains=[], resource_domains=[], frame_domains=[], base_uri_domains=[]),
+        prefers_border=True,
+    )
+    return apps
+
+
+def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
+    """An MCP server exposing ``wanx``; resource-updated events go out as tasks change. With ``links`` (the HTTP
+    transport), tasks with a saved video carry this server's own ``video_link``."""
     bus = InMemorySubscriptionBus()
     server = MCPServer(
         "wanx-mcp",
@@ -114,8 +139,14 @@ def build_server(wanx: Wanx) -> MCPServer:
         instructions=INSTRUCTIONS,
         version=__version__,
         subscriptions=bus,
+        extensions=[player_app()],
     )
     wait_default = wanx.settings.wait_seconds
+
+    def linked(task: Task, ctx: Context) -> Task:
+        """``task`` with links to its saved files under the URL the HTTP client reached this server at."""
+        base_url = getattr(ctx.request_context.request, "base_url", None) if links else None
+        return links.attach(task, str(base_url)) if links and base_url else task
 
     async def publish(task: Task) -> None:
         await bus.publish(ResourceUpdated(uri=f"wanx://tasks/{task.task_id}"))
@@ -145,6 +176,7 @@ def build_server(wanx: Wanx) -> MCPServer:
     @server.tool(
         title="Generate a video and wait for it",
         annotations=SUBMITS,
+        meta=PLAYER_TOOL_META,
     )
     @_with_generation_args
     @_tool_errors
@@ -165,11 +197,12 @@ def build_server(wanx: Wanx) -> MCPServer:
         still-running task: then call get_task(task_id, wait_seconds=50). Do not resubmit: that pays twice.
         """
         task = await wanx.generate(args, check_wait(wait_seconds), _progress_reporter(ctx))
-        return task
+        return linked(task, ctx)
 
     @server.tool(
         title="Get (and optionally wait for) a task",
         annotations=READS_UPSTREAM,
+        meta=PLAYER_TOOL_META,
     )
     @_tool_errors
     async def get_task(
@@ -183,7 +216,7 @@ def build_server(wanx: Wanx) -> MCPServer:
 
         Answers from the server's journal; with wait_seconds > 0 waits for the final result, with progress.
         """
-        return await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx))
+        return linked(await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx)), ctx)
 
     @server.tool(
         title="Cancel a pending task",
@@ -200,6 +233,7 @@ def build_server(wanx: Wanx) -> MCPServer:
     )
     @_tool_errors
     async def list_tasks(
+        ctx: Context,
         status: Annotated[
             str | None, Field(description="Only tasks in this status: PENDING, RUNNING, SUCCEEDED, FAILED, ...")
         ] = None,
@@ -219,8 +253,10 @@ def build_server(wanx: Wanx) -> MCPServer:
         """Tasks this server has submitted, newest first, from its journal (survives restarts); with start_time
         or model_name, the account's tasks as DashScope lists them."""
         if start_time is None and model_name is None:
-            return TaskList(tasks=wanx.list(status, limit))
-        return TaskList(tasks=await wanx.find(start_time, model_name, status, limit))
+            tasks = wanx.list(status, limit)
+        else:
+            tasks = await wanx.find(start_time, model_name, status, limit)
+        return TaskList(tasks=[linked(task, ctx) for task in tasks])
 
     @server.tool(
         title="List the video models",
@@ -254,9 +290,17 @@ def build_server(wanx: Wanx) -> MCPServer:
     @server.resource("wanx://tasks/{task_id}/video", mime_type="video/mp4", title="A task's video")
     async def video_resource(task_id: str) -> bytes:
         task = journaled(task_id)
-        if not task.video_path or not await anyio.Path(task.video_path).is_file():
+        path = anyio.Path(task.video_path) if task.video_path else None
+        if path is None or not await path.is_file():
             raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
-        return await anyio.Path(task.video_path).read_bytes()
+        size = (await path.stat()).st_size
+        if size > MAX_VIDEO_RESOURCE_BYTES:
+            raise ResourceError(
+                f"The video of task {task_id} is {size / 2**20:.0f} MB, more than this resource sends at once "
+                f"({MAX_VIDEO_RESOURCE_BYTES // 2**20} MB): fetch the task's video_link (HTTP transport) or read "
+                f"video_path on the server's machine"
+            )
+        return await path.read_bytes()
 
     @server.prompt(title="Write a motion prompt")
     async def motion_prompt(

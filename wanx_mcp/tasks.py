@@ -55,6 +55,10 @@ class Task(BaseModel):
     video_url: str | None = Field(None, description="DashScope's link to the MP4; expires 24 hours after generation")
     video_url_expires_at: str | None = Field(None, description="ISO 8601 UTC")
     video_path: str | None = Field(None, description="the downloaded MP4 on this machine, once downloaded")
+    video_link: str | None = Field(
+        None, description="HTTP transport: this server's own signed link to the saved MP4 (valid 24 h; range requests)"
+    )
+    preview_link: str | None = Field(None, description="HTTP transport: this server's signed link to the preview image")
     orig_prompt: str | None = None
     actual_prompt: str | None = Field(None, description="the prompt after DashScope's rewrite (prompt_extend)")
     usage: dict[str, Any] | None = Field(None, description="billing usage as DashScope reports it")
