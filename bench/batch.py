@@ -55,7 +55,7 @@ def _count(sim: Sim, label: str, t0: float, done: list[float], surfaced: int, wa
 async def _wanx(sim: Sim, data_dir: Path, image: Path) -> Batch:
     done: list[float] = []
     surfaced = 0
-    with schedule("after", sim.speed):
+    with schedule(sim.speed):
         async with open_wanx(sim, data_dir) as wanx:
 
             async def one() -> None:
