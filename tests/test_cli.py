@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from support import WANX, isolated_env
 
+from wanx_mcp.catalog import MODELS
 from wanx_mcp.journal import Journal
 
 
@@ -53,7 +54,7 @@ def test_models_table_and_json(tmp_path: Path) -> None:
     table = wanx(tmp_path, "models")
     assert table.returncode == 0 and "wan2.2-i2v-flash" in table.stdout and "recommended" in table.stdout
     models = json.loads(wanx(tmp_path, "models", "--json").stdout)["models"]
-    assert len(models) == 7 and {"name", "resolutions", "durations", "price_cny_per_second"} <= set(models[0])
+    assert len(models) == len(MODELS) and {"name", "resolutions", "durations", "price_cny_per_second"} <= set(models[0])
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from support import free_port, isolated_env, listening
 
+from wanx_mcp.catalog import MODELS
 from wanx_mcp.cli import parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ async def test_the_simulator_entry_of_the_configs_starts_an_mcp_server(tmp_path:
     params = StdioServerParameters(command=script(), args=["serve", "--simulate"], env=env_for(tmp_path))
     async with Client(params) as client:
         result = await client.call_tool("list_models", {})
-    assert len(result.structured_content["models"]) == 7
+    assert len(result.structured_content["models"]) == len(MODELS)
 
 
 def test_server_json_describes_the_package() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,10 +16,12 @@ import anyio
 import av
 import httpx
 import pytest
+from PIL import Image
 
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 
 CREATE = "/services/aigc/video-generation/video-synthesis"
+KF2V = "/services/aigc/image2video/video-synthesis"
 IMAGE = "https://example.com/cat.png"
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$")
 WAN22 = "wan2.1/2.2"
@@ -34,9 +39,7 @@ def client(simulator: RunningSimulator) -> Iterator[httpx.Client]:
         yield c
 
 
-def body(
-    model: str = "wan2.2-i2v-flash", prompt: str | None = "a cat runs", **parameters: Any
-) -> dict[str, Any]:
+def body(model: str = "wan2.2-i2v-flash", prompt: str | None = "a cat runs", **parameters: Any) -> dict[str, Any]:
     inputs: dict[str, Any] = {"img_url": IMAGE}
     if prompt is not None:
         inputs["prompt"] = prompt
@@ -82,9 +85,7 @@ def test_requests_need_a_valid_bearer_key(simulator: RunningSimulator) -> None:
         {"Authorization": "Bearer sk-wrong"},
         {"Authorization": f"Basic {simulator.api_key}"},
     ):
-        with httpx.Client(
-            base_url=simulator.base_url, headers={"X-DashScope-Async": "enable", **headers}
-        ) as c:
+        with httpx.Client(base_url=simulator.base_url, headers={"X-DashScope-Async": "enable", **headers}) as c:
             assert error_of(c.post(CREATE, json=body()), 401) == "InvalidApiKey"
             assert error_of(c.get("/tasks/some-id"), 401) == "InvalidApiKey"
             assert error_of(c.get("/tasks/"), 401) == "InvalidApiKey"
@@ -118,12 +119,27 @@ INVALID = [
     (body(seed=-1), "seed"),
     (body(seed=2_147_483_648), "seed"),
     (body(seed="42"), "seed"),
+    (body(duration=5), "does not take parameters.duration"),
+    (body(model="wan2.6-i2v", duration=5.0), "duration"),
+    (body(model="wan2.6-i2v", duration=16), "duration"),
+    (body(model="wan2.6-i2v", resolution="480P"), "resolution"),
+    (body(watermark="no"), "watermark"),
+    (body(prompt_extend=1), "prompt_extend"),
+    ({**body(), "input": {"img_url": IMAGE, "audio_url": "https://example.com/a.mp3"}}, "audio_url"),
+    ({**body("wan2.5-i2v-preview"), "input": {"img_url": IMAGE, "audio_url": "a.mp3"}}, "audio_url"),
+    (body(model="wan2.6-i2v", audio=False), "audio"),
+    (body(model="wan2.6-i2v-flash", audio="off"), "audio"),
+    (body(model="wan2.5-i2v-preview", shot_type="single"), "shot_type"),
+    (body(model="wan2.6-i2v", shot_type="many"), "shot_type"),
+    (body(model="wan2.6-i2v", shot_type="multi", prompt_extend=False), "prompt_extend"),
+    ({**body("wan2.2-i2v-plus"), "input": {"img_url": IMAGE, "template": "hanfu-1"}}, "template"),
+    ({**body("wanx2.1-i2v-plus"), "input": {"img_url": IMAGE, "template": "hanfu-1"}}, "template"),
+    ({**body("wanx2.1-i2v-plus"), "input": {"img_url": "data:image/png;base64,!!!"}}, "base64"),
+    (body(model="wan2.2-kf2v-flash"), "image2video"),
 ]
 
 
-def test_invalid_requests_are_400_invalid_parameter(
-    client: httpx.Client, simulator: RunningSimulator
-) -> None:
+def test_invalid_requests_are_400_invalid_parameter(client: httpx.Client, simulator: RunningSimulator) -> None:
     for request_body, words in INVALID:
         if isinstance(request_body, bytes):
             response = client.post(CREATE, content=request_body, headers={"Content-Type": "application/json"})
@@ -140,9 +156,87 @@ def test_accepts_aliases_data_uris_oss_urls_templates_and_limits_at_the_edge(cli
     template = {"model": "wanx2.1-i2v-plus", "input": {"img_url": "oss://bucket/a.png", "template": "melt"}}
     assert client.post(CREATE, json=template).status_code == 200
     for model, prompt in (("wan2.6-i2v", "x" * 1500), ("wan2.5-i2v-preview", "y" * 1500)):
-        assert (
-            client.post(CREATE, json=body(model, prompt, duration=10, seed=2_147_483_647)).status_code == 200
-        )
+        assert client.post(CREATE, json=body(model, prompt, duration=10, seed=2_147_483_647)).status_code == 200
+
+
+def png_uri(width: int, height: int, color: str = "red", fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def kf2v_body(model: str = "wan2.2-kf2v-flash", **inputs: Any) -> dict[str, Any]:
+    return {"model": model, "input": {"first_frame_url": IMAGE, "prompt": "a door opens", **inputs}}
+
+
+def test_keyframe_endpoint_takes_first_and_last_frames(make_simulator: MakeSimulator) -> None:
+    simulator = make_simulator(limits={WAN22: FamilyLimits(submissions_per_second=10)})
+    client = api(simulator)
+    both = client.post(KF2V, json=kf2v_body(last_frame_url="https://example.com/last.png"))
+    assert both.status_code == 200, both.text
+    task_id = both.json()["output"]["task_id"]
+    first_only = client.post(KF2V, json={**kf2v_body("wanx2.1-kf2v-plus", template="mech1")})
+    assert first_only.status_code == 200, first_only.text
+    final = wait_final(client, task_id)
+    assert final["output"]["task_status"] == "SUCCEEDED" and final["usage"]["SR"] == 720
+    record = simulator.state.stats()["tasks"][task_id]
+    assert record["model"] == "wan2.2-kf2v-flash" and record["parameters"] == {}
+    assert record["input_fields"] == ["first_frame_url", "last_frame_url", "prompt"]
+    listed = client.get("/tasks/", params={"task_id": task_id}).json()["data"][0]
+    assert listed["user_api_unique_key"] == "apikey:v1:aigc:image2video:video-synthesis:wan2.2-kf2v-flash"
+    assert client.post(KF2V, json={**kf2v_body(), "parameters": {"resolution": "1080P"}}).status_code == 200
+
+
+KF2V_INVALID = [
+    ({"model": "wan2.2-kf2v-flash", "input": {"img_url": IMAGE}}, "first_frame_url"),
+    (kf2v_body(first_frame_url="cat.png"), "first_frame_url"),
+    (kf2v_body(last_frame_url="ftp://host/b.png"), "last_frame_url"),
+    ({**kf2v_body("wanx2.1-kf2v-plus"), "parameters": {"resolution": "480P"}}, "resolution"),
+    ({**kf2v_body(), "parameters": {"duration": 5}}, "duration"),
+    (kf2v_body(template="mech1"), "does not support input.template"),
+    (kf2v_body("wanx2.1-kf2v-plus", template="flying"), "template"),
+    (kf2v_body("wanx2.1-kf2v-plus", template="mech2", last_frame_url=IMAGE), "first frame only"),
+    (kf2v_body(prompt="x" * 801), "800"),
+    (kf2v_body(negative_prompt="x" * 501), "500"),
+    (body(), "video-generation"),
+]
+
+
+def test_keyframe_endpoint_refuses_what_the_docs_forbid(client: httpx.Client, simulator: RunningSimulator) -> None:
+    for request_body, words in KF2V_INVALID:
+        response = client.post(KF2V, json=request_body)
+        assert error_of(response, 400) == "InvalidParameter", request_body
+        assert words in response.json()["message"], (request_body, response.json())
+    wrong_endpoint = client.post(CREATE, json=kf2v_body()).json()["message"]
+    assert "wan2.2-kf2v-flash" in wrong_endpoint and KF2V in wrong_endpoint
+    assert simulator.state.stats()["tasks_created"] == 0
+
+
+def test_data_uri_images_are_checked_against_the_documented_limits(make_simulator: MakeSimulator) -> None:
+    client = api(make_simulator(limits={WAN22: FamilyLimits(submissions_per_second=10)}))
+
+    def sent(url: str, model: str = "wan2.2-i2v-flash") -> httpx.Response:
+        return client.post(CREATE, json={"model": model, "input": {"img_url": url}})
+
+    gif = png_uri(300, 300, fmt="GIF")
+    assert "GIF" in sent(gif).json()["message"]
+    for ok in (png_uri(240, 240), png_uri(300, 500, fmt="JPEG"), png_uri(320, 240, fmt="WEBP")):
+        assert sent(ok).status_code == 200
+    big = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + bytes(11 * 1024 * 1024)).decode()
+    assert "at most 10485760" in sent(big).json()["message"]
+    assert sent(big, "wan2.5-i2v-preview").status_code == 200  # 20 MB on wan2.5/2.6
+
+
+def test_unknown_fields_are_accepted_and_recorded(client: httpx.Client, simulator: RunningSimulator) -> None:
+    sent = body(model="wan2.6-i2v-flash", duration=8, shot_type="multi", audio=False, mystery=1)
+    sent["input"] |= {"negative_promt": "blurry", "audio_url": "https://example.com/a.mp3"}
+    task_id = create(client, **{})  # a plain one next to it
+    response = client.post(CREATE, json=sent)
+    assert response.status_code == 200, response.text
+    record = simulator.state.stats()["tasks"][response.json()["output"]["task_id"]]
+    assert record["input_fields"] == ["audio_url", "img_url", "negative_promt", "prompt"]
+    assert record["parameters"] == {"duration": 8, "shot_type": "multi", "audio": False, "mystery": 1}
+    assert simulator.state.stats()["tasks"][task_id]["input_fields"] == ["img_url", "prompt"]
 
 
 def test_submissions_over_the_family_rate_are_throttled_per_key_and_family(
@@ -163,9 +257,7 @@ def test_submissions_over_the_family_rate_are_throttled_per_key_and_family(
 # -- lifecycle -------------------------------------------------------------------------------------
 
 
-def test_task_runs_to_succeeded_at_an_exact_recorded_time(
-    client: httpx.Client, simulator: RunningSimulator
-) -> None:
+def test_task_runs_to_succeeded_at_an_exact_recorded_time(client: httpx.Client, simulator: RunningSimulator) -> None:
     task_id = create(client)
     early = status(client, task_id)["output"]
     assert early["task_status"] in ("PENDING", "RUNNING") and STAMP.match(early["submit_time"])
@@ -186,9 +278,7 @@ def test_task_runs_to_succeeded_at_an_exact_recorded_time(
 
 
 def test_usage_and_actual_prompt_follow_each_family(make_simulator: MakeSimulator) -> None:
-    sim = make_simulator(
-        speed=2000, limits={WAN22: FamilyLimits(submissions_per_second=10, running_tasks=10)}
-    )
+    sim = make_simulator(speed=2000, limits={WAN22: FamilyLimits(submissions_per_second=10, running_tasks=10)})
     with api(sim) as c:
         plus = {"duration": 5, "SR": 480, "video_count": 1}
         flash = {"duration": 5, "SR": 720, "video_count": 1}
@@ -268,9 +358,7 @@ def test_hold_keeps_tasks_pending_until_released(make_simulator: MakeSimulator) 
         time.sleep(0.2)
         assert status(c, task_id)["output"]["task_status"] == "PENDING"
         released = time.time()
-        assert httpx.post(f"{sim.root_url}/_simulator/hold", json={"pending": False}).json() == {
-            "hold_pending": False
-        }
+        assert httpx.post(f"{sim.root_url}/_simulator/hold", json={"pending": False}).json() == {"hold_pending": False}
         assert wait_final(c, task_id)["output"]["task_status"] == "SUCCEEDED"
     assert sim.state.stats()["tasks"][task_id]["started_at"] >= released
 
@@ -310,8 +398,7 @@ def test_list_filters_pages_and_checks_its_window(make_simulator: MakeSimulator)
         wait_final(c, flash)
         started = c.get("/tasks/", params={"task_id": flash}).json()["data"][0]
         assert (
-            started["status"] == "SUCCEEDED"
-            and started["gmt_create"] <= started["start_time"] <= started["end_time"]
+            started["status"] == "SUCCEEDED" and started["gmt_create"] <= started["start_time"] <= started["end_time"]
         )
     assert sim.state.stats()["lists"] == 9
 
@@ -350,9 +437,7 @@ def test_video_url_and_task_expire(make_simulator: MakeSimulator) -> None:
 # -- failures and faults ---------------------------------------------------------------------------
 
 
-def test_prompt_marker_and_fault_make_the_task_fail(
-    client: httpx.Client, simulator: RunningSimulator
-) -> None:
+def test_prompt_marker_and_fault_make_the_task_fail(client: httpx.Client, simulator: RunningSimulator) -> None:
     marked = create(client, prompt="[simulate:DataInspectionFailed] a cat")
     algo = create(client, model="wan2.6-i2v-flash", duration=2, prompt="boom [simulate:InternalError.Algo]")
     simulator.state.faults.add("create", "task_failed")
@@ -370,9 +455,7 @@ def test_prompt_marker_and_fault_make_the_task_fail(
         assert "usage" not in data and "video_url" not in out and STAMP.match(out["end_time"])
 
 
-def test_create_faults_answer_before_any_task_exists(
-    client: httpx.Client, simulator: RunningSimulator
-) -> None:
+def test_create_faults_answer_before_any_task_exists(client: httpx.Client, simulator: RunningSimulator) -> None:
     faults = simulator.state.faults
     faults.add("create", "error", count=2)
     faults.add("create", "error", status=429)
@@ -488,11 +571,9 @@ def test_stats_count_requests_and_record_tasks(client: httpx.Client, simulator: 
     stats = httpx.get(f"{simulator.root_url}/_simulator/stats").json()
     assert stats["creates_received"] == 2 and stats["tasks_created"] == 1
     assert stats["status_gets"] >= 1 and stats["downloads"] == stats["lists"] == stats["cancels"] == 1
-    assert stats["requests"][:2] == [
-        {"method": "POST", "path": f"/api/v1{CREATE}", "status": 200},
-        {"method": "POST", "path": f"/api/v1{CREATE}", "status": 400},
-    ]
-    assert {"method": "GET", "path": f"/results/{task_id}.mp4", "status": 200} in stats["requests"]
+    logged = [(r["method"], r["path"], r["status"]) for r in stats["requests"]]
+    assert logged[:2] == [("POST", f"/api/v1{CREATE}", 200), ("POST", f"/api/v1{CREATE}", 400)]
+    assert ("GET", f"/results/{task_id}.mp4", 200) in logged
     record = stats["tasks"][task_id]
     assert record["created_at"] <= record["started_at"] <= record["succeeded_at"] <= time.time()
     assert httpx.post(f"{simulator.root_url}/_simulator/reset").json() == {"ok": True}
@@ -513,3 +594,121 @@ async def test_usable_from_async_tests(simulator: RunningSimulator) -> None:
                 break
             await anyio.sleep(0.02)
     assert data["output"]["task_status"] == "SUCCEEDED" and simulator.speed == 200
+
+
+# -- accounts, request log, hostile faults ---------------------------------------------------------
+
+
+def test_keys_of_one_account_share_its_tasks_limits_and_slots(make_simulator: MakeSimulator) -> None:
+    sim = make_simulator(speed=20, api_keys={"sk-other"}, accounts={"sk-a1": "acme", "sk-a2": "acme"})
+    with api(sim, "sk-a1") as a1, api(sim, "sk-a2") as a2, api(sim, "sk-other") as other:
+        first, second = create(a1, model="wan2.2-i2v-plus"), create(a2, model="wan2.2-i2v-plus")
+        assert error_of(a2.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+        assert error_of(a1.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+        foreign = create(other)
+        assert status(a2, first)["output"]["task_status"] == "RUNNING"
+        assert status(other, first)["output"]["task_status"] == "UNKNOWN"
+        assert {i["task_id"] for i in a1.get("/tasks/").json()["data"]} == {first, second}
+        assert [i["task_id"] for i in other.get("/tasks/").json()["data"]] == [foreign]
+        time.sleep(1.0)
+        queued = create(a2)
+        assert status(a1, queued)["output"]["task_status"] == "PENDING"  # both slots of acme are busy
+        assert status(other, foreign)["output"]["task_status"] == "RUNNING"
+    assert sim.state.stats()["throttled"] == 2
+    assert error_of(httpx.get(f"{sim.base_url}/tasks/", headers={"Authorization": "Bearer acme"}), 401)
+
+
+def test_request_log_records_agent_and_time(simulator: RunningSimulator) -> None:
+    before = time.time()
+    with api(simulator) as c:
+        c.headers["User-Agent"] = "probe/1.0"
+        create(c)
+    with api(simulator) as c:
+        c.get("/tasks/")
+    tagged, listed = simulator.state.stats()["requests"]
+    assert tagged["agent"] == "probe/1.0" and listed["agent"].startswith("python-httpx/")
+    assert before <= tagged["at"] <= listed["at"] <= time.time()
+
+
+def test_bad_task_id_answers_a_hostile_id_but_the_task_exists(
+    client: httpx.Client, simulator: RunningSimulator
+) -> None:
+    for hostile in ("../../outside/x", "/abs/path", "a b"):
+        simulator.state.faults.add("create", "bad_task_id", value=hostile)
+        response = client.post(CREATE, json=body(model="wan2.6-i2v-flash", duration=2))
+        assert response.json()["output"]["task_id"] == hostile
+    listed = client.get("/tasks/").json()["data"]
+    assert len(listed) == 3 and all(uuid.UUID(item["task_id"]) for item in listed)
+    assert wait_final(client, listed[0]["task_id"])["output"]["task_status"] == "SUCCEEDED"
+
+
+def test_echo_auth_puts_the_key_into_the_task(client: httpx.Client, simulator: RunningSimulator) -> None:
+    key = simulator.api_key
+    simulator.state.faults.add("create", "echo_auth")
+    succeeded = wait_final(client, create(client, model="wan2.6-i2v-flash", duration=2))["output"]
+    assert succeeded["task_status"] == "SUCCEEDED"
+    assert f"Bearer {key}" in succeeded["actual_prompt"] and f"auth=Bearer%20{key}" in succeeded["video_url"]
+    assert httpx.get(succeeded["video_url"]).status_code == 200
+    simulator.state.faults.add("create", "echo_auth", code="InvalidParameter")
+    failed = wait_final(client, create(client, model="wan2.6-i2v-flash", duration=2))["output"]
+    assert failed["task_status"] == "FAILED" and failed["code"] == "InvalidParameter"
+    assert f"Bearer {key}" in failed["message"]
+
+
+def test_wrong_resolution_delivers_another_resolution(client: httpx.Client, simulator: RunningSimulator) -> None:
+    simulator.state.faults.add("create", "wrong_resolution", value="720P")
+    task_id = create(client, model="wan2.2-i2v-plus", resolution="480P")
+    assert wait_final(client, task_id)["usage"]["SR"] == 720
+
+
+def test_corrupt_and_endless_videos(client: httpx.Client, simulator: RunningSimulator) -> None:
+    url = wait_final(client, create(client))["output"]["video_url"]
+    simulator.state.faults.add("download", "corrupt_video")
+    corrupt = httpx.get(url)
+    assert corrupt.status_code == 200 and corrupt.content[4:8] == b"ftyp"
+    with pytest.raises(av.error.InvalidDataError), av.open(io.BytesIO(corrupt.content)) as container:
+        list(container.decode(video=0))
+    simulator.state.faults.add("download", "endless")
+    received = 0
+    with httpx.stream("GET", url) as stream:
+        assert stream.status_code == 200 and "content-length" not in stream.headers
+        for chunk in stream.iter_bytes():
+            received += len(chunk)
+            if received > 20_000_000:
+                break
+    assert received > 20_000_000
+    with av.open(io.BytesIO(httpx.get(url).content)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    deadline = time.monotonic() + 2
+    while "client_closed" not in [r["status"] for r in simulator.state.stats()["requests"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_hostile_faults_need_their_value(simulator: RunningSimulator) -> None:
+    for kind, value in (("bad_task_id", None), ("bad_task_id", ""), ("wrong_resolution", "4K")):
+        with pytest.raises(ValueError):
+            simulator.state.faults.add("create", kind, value=value)
+    for target, kind in (("get", "bad_task_id"), ("create", "endless"), ("download", "echo_auth")):
+        with pytest.raises(ValueError):
+            simulator.state.faults.add(target, kind)
+    added = httpx.post(
+        f"{simulator.root_url}/_simulator/faults", json={"target": "create", "kind": "bad_task_id", "value": "x"}
+    )
+    assert added.json()["faults"][0]["value"] == "x"
+
+
+def test_standalone_simulator_prints_the_environment_to_use_it() -> None:
+    command = [sys.executable, "-c", "from wanx_mcp.simulator import serve; serve(port=0)"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            lines = [process.stderr.readline().strip() for _ in range(5)]
+            env = dict(line.split("=", 1) for line in lines if "=" in line and " " not in line)
+            assert env.keys() == {"DASHSCOPE_HTTP_BASE_URL", "DASHSCOPE_API_KEY", "WANX_DOWNLOAD_HOSTS"}
+            assert env["DASHSCOPE_API_KEY"] == "sk-simulator" and env["WANX_DOWNLOAD_HOSTS"] == "127.0.0.1"
+            headers = {"Authorization": f"Bearer {env['DASHSCOPE_API_KEY']}"}
+            answer = httpx.get(f"{env['DASHSCOPE_HTTP_BASE_URL']}/tasks/{uuid.uuid4()}", headers=headers)
+            assert answer.json()["output"]["task_status"] == "UNKNOWN"
+        finally:
+            process.terminate()

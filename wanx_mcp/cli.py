@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .catalog import PARAMS, choices_of
 from .config import Settings, load_settings
 from .errors import InvalidInput, WanxError
 from .service import Wanx
@@ -75,14 +76,9 @@ async def _wait_with_progress(wanx: Wanx, task: Task, wait_seconds: float) -> Ta
 
 
 async def _generate(args: argparse.Namespace) -> int:
-    generation = {
-        "image": args.image, "prompt": args.prompt, "model": args.model, "resolution": args.resolution,
-        "duration": args.duration, "negative_prompt": args.negative_prompt, "template": args.template,
-        "seed": args.seed, "prompt_extend": not args.no_prompt_extend, "watermark": args.watermark,
-        "fit_image": args.fit_image,
-    }  # fmt: skip
+    generation = {name: getattr(args, name) for name in PARAMS if getattr(args, name, None) is not None}
     async with Wanx.open(_settings(args)) as wanx:
-        task = await wanx.create({k: v for k, v in generation.items() if v is not None})
+        task = await wanx.create(generation)
         err.print(f"submitted {task.task_id} ({task.model}, {task.resolution}, {task.duration} s"
                   + (f", about {task.estimated_cost_cny} CNY)" if task.estimated_cost_cny is not None else ")"))
         for note in task.notes:
@@ -176,17 +172,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    """IMAGE [PROMPT] and a flag for every other generation argument in the catalog (``--no-x``: default on)."""
     p.add_argument("image", help="image file, file:// URI, http(s) URL or data: URI")
     p.add_argument("prompt", nargs="?", help="what should happen in the video")
-    p.add_argument("--model", help="model name (see `wanx-mcp models`; default wan2.2-i2v-flash)")
-    p.add_argument("--resolution", help="480P, 720P or 1080P (default per model)")
-    p.add_argument("--duration", type=int, help="seconds of video (default per model)")
-    p.add_argument("--negative-prompt", help="what to avoid")
-    p.add_argument("--template", help="effect template (wanx2.1 models)")
-    p.add_argument("--seed", type=int, help="random seed 0-2147483647")
-    p.add_argument("--no-prompt-extend", action="store_true", help="send the prompt as written")
-    p.add_argument("--watermark", action="store_true", help="add DashScope's AI-generated watermark")
-    p.add_argument("--fit-image", action="store_true", help="resize/flatten an image that breaks the limits")
+    for name, param in PARAMS.items():
+        if name in ("image", "prompt"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = param.description or ", ".join(map(str, choices_of(name))) or name.replace("_", " ")
+        if param.type is not bool:
+            p.add_argument(flag, dest=name, type=param.type, help=text)
+        elif param.default is True:
+            p.add_argument(f"--no-{flag[2:]}", dest=name, action="store_false", default=None, help=f"not: {text}")
+        elif param.default is False:
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=text)
     p.add_argument("--wait", type=float, default=FOREVER, help="give up waiting after this many seconds")
 
 

@@ -12,7 +12,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -31,7 +31,6 @@ from .tasks import Status
 
 log = logging.getLogger(__name__)
 
-CREATE_PATH = "services/aigc/video-generation/video-synthesis"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_LIST_WINDOW = timedelta(hours=24)
 LIST_TIME_FORMAT = "%Y%m%d%H%M%S"
@@ -201,10 +200,15 @@ def _list_time(moment: datetime) -> str:
     return f"{moment.year:04d}{moment:%m%d%H%M%S}"
 
 
-def _create_headers(img_url: str) -> dict[str, str]:
+#: Prepared images: the first frame's URL alone, or by argument name (``image``, ``last_frame``...).
+Images = str | Mapping[str, str]
+
+
+def _create_headers(images: Images) -> dict[str, str]:
     """Async mode always; ``oss://`` images (SDK-uploaded temporary files) must be resolved by DashScope."""
     headers = {"X-DashScope-Async": "enable"}
-    if img_url.startswith("oss://"):
+    urls = [images] if isinstance(images, str) else images.values()
+    if any(url.startswith("oss://") for url in urls):
         headers["X-DashScope-OssResourceResolve"] = "enable"
     return headers
 
@@ -265,11 +269,13 @@ class DashScopeClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def create_task(self, request: VideoRequest, img_url: str | Callable[[], Awaitable[str]]) -> TaskResponse:
-        """Submit ``request`` with ``img_url`` as the first frame; returns the PENDING task.
+    async def create_task(
+        self, request: VideoRequest, images: Images | Callable[[], Awaitable[Images]]
+    ) -> TaskResponse:
+        """Submit ``request`` with its prepared ``images`` to its model's endpoint; returns the PENDING task.
 
-        Waits first for a running-task slot and a submission of the model's rate-limit family. ``img_url`` may
-        be a coroutine function producing it once the slot is there, so a queued create holds no large data URI.
+        Waits first for a running-task slot and a submission of the model's rate-limit family. ``images`` may
+        be a coroutine function producing them once the slot is there, so a queued create holds no large data URI.
         """
         model, family = request.spec.name_in(self.region), request.spec.rate_limit.family
         slot = await self.limiter.acquire(family, refresh=self.refresh_holders)
@@ -281,10 +287,10 @@ class DashScopeClient:
             sending = True
 
         try:
-            image = img_url if isinstance(img_url, str) else await img_url()
+            prepared = await images() if callable(images) else images
             reply = await self._request(
-                "POST", CREATE_PATH, TaskResponse, _create_verdict,
-                json=request.payload(image, self.region), headers=_create_headers(image), before_attempt=pace,
+                "POST", request.spec.endpoint, TaskResponse, _create_verdict,
+                json=request.payload(prepared, self.region), headers=_create_headers(prepared), before_attempt=pace,
             )  # fmt: skip
         except _Failure as failure:
             if _create_verdict(failure) == "ambiguous":

@@ -13,17 +13,20 @@ from mcp.server import MCPServer
 from mcp.server.apps import Apps, ResourceCsp
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
-from .errors import WanxError
+from .catalog import PARAMS
+from .errors import InvalidInput, WanxError
 from .links import VideoLinks
-from .request import GenerationArgs
+from .request import check_known, generation_args, invalid_input
 from .service import ModelInfo, Wanx, check_task_id
-from .tasks import Task
+from .tasks import Status, Task
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ MAX_WAIT_SECONDS = 3600.0
 MAX_VIDEO_RESOURCE_BYTES = 32 * 1024 * 1024
 
 INSTRUCTIONS = """\
-Turns a still image plus a text prompt into a short video with Alibaba Cloud DashScope's Wan models.
+Turns a still image plus a text prompt into a short video with Alibaba Cloud DashScope's Wan models
+(with last_frame: a video from that first frame to that last frame).
 Generation is asynchronous, takes 1-5 minutes and is paid per second of video (see list_models for prices).
 Use generate_and_wait for one video: it waits up to wait_seconds and, if the video is not ready by then,
 returns the still-running task with a hint; then call get_task(task_id, wait_seconds=50) until it is final.
@@ -76,8 +80,9 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., Awaitable[Task]]:
-    """Give ``fn(ctx, args: GenerationArgs, **rest)`` a flat signature: GenerationArgs' fields, then ``rest``."""
+    """Give ``fn(args: dict, **rest)`` a flat signature: the catalog's generation arguments, then ``rest``."""
     own = [p for name, p in inspect.signature(fn).parameters.items() if name != "args"]
+    fields = generation_args().model_fields
     generation = [
         inspect.Parameter(
             name,
@@ -85,18 +90,71 @@ def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., A
             annotation=Annotated[field.annotation, field],
             default=inspect.Parameter.empty if field.is_required() else field.default,
         )
-        for name, field in GenerationArgs.model_fields.items()
+        for name, field in fields.items()
     ]
 
     @functools.wraps(fn)
     async def wrapper(**kwargs: Any) -> Task:
-        args = GenerationArgs(**{name: kwargs.pop(name) for name in GenerationArgs.model_fields if name in kwargs})
+        args = {name: kwargs.pop(name) for name in PARAMS if name in kwargs}
         return await fn(args=args, **kwargs)
 
     params = [*generation, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
     wrapper.__signature__ = inspect.Signature(params, return_annotation=Task)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": Task}
     return wrapper
+
+
+_REJECTED = "_rejected"  # never an argument's name: the SDK refuses parameters starting with "_"
+
+
+class _CheckedArguments(FuncMetadata):
+    """The SDK's argument handling, but an unknown or mistyped argument is an InvalidInput naming it (raised as
+    the tool's error when it runs), and only the arguments given reach the tool (it tells defaults from choices)."""
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        names = {field.alias or name: name for name, field in self.arg_model.model_fields.items()}
+        try:
+            check_known(arguments_to_validate, names)
+            try:
+                parsed = self.arg_model.model_validate(self.pre_parse_json(arguments_to_validate))
+            except ValidationError as exc:
+                raise invalid_input(exc) from None
+        except InvalidInput as exc:
+            return {_REJECTED: exc}
+        return {key: getattr(parsed, name) for key, name in names.items() if name in parsed.model_fields_set}
+
+    async def call_fn(
+        self,
+        fn: Callable[..., Any],
+        fn_is_async: bool,
+        arguments: dict[str, Any],
+        arguments_to_pass_directly: dict[str, Any] | None = None,
+    ) -> Any:
+        if _REJECTED in arguments:
+            raise ToolError(str(arguments[_REJECTED]))
+        return await super().call_fn(fn, fn_is_async, arguments, arguments_to_pass_directly)
+
+
+def _compact(schema: dict[str, Any]) -> dict[str, Any]:
+    """An input schema as an LLM needs it: no titles, no ``null`` branch for an optional argument (leave it out),
+    no arguments beyond the listed ones."""
+    properties = {}
+    for name, prop in schema.get("properties", {}).items():
+        prop = {k: v for k, v in prop.items() if k != "title" and not (k == "default" and v is None)}
+        branches = prop.pop("anyOf", None)
+        if branches is not None:
+            kept = [b for b in branches if b != {"type": "null"}]
+            prop |= kept[0] if len(kept) == 1 else {"anyOf": kept}
+        properties[name] = prop
+    compact = {k: v for k, v in schema.items() if k != "title"}
+    return compact | {"properties": properties, "additionalProperties": False}
+
+
+def _tool(fn: Callable[..., Any], **options: Any) -> Tool:
+    """``fn`` as a tool with checked arguments, a compact input schema and its docstring, dedented, as description."""
+    tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""), **options)
+    checked = _CheckedArguments(**{name: getattr(tool.fn_metadata, name) for name in FuncMetadata.model_fields})
+    return tool.model_copy(update={"fn_metadata": checked, "parameters": _compact(tool.parameters)})
 
 
 def _progress_reporter(ctx: Context) -> Callable[[Task, float], Awaitable[None]]:
@@ -133,14 +191,15 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
     """An MCP server exposing ``wanx``; resource-updated events go out as tasks change. With ``links`` (the HTTP
     transport), tasks with a saved video carry this server's own ``video_link``."""
     bus = InMemorySubscriptionBus()
-    server = MCPServer(
-        "wanx-mcp",
-        title="Wan image-to-video (DashScope)",
-        instructions=INSTRUCTIONS,
-        version=__version__,
-        subscriptions=bus,
-        extensions=[player_app()],
-    )
+    tools: list[Tool] = []
+
+    def tool(**options: Any) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        def register(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            tools.append(_tool(fn, **options))
+            return fn
+
+        return register
+
     wait_default = wanx.settings.wait_seconds
 
     def linked(task: Task, ctx: Context) -> Task:
@@ -159,21 +218,20 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
             raise ToolError(f"InvalidInput: wait_seconds={wait_seconds!r}: must be between 0 and {MAX_WAIT_SECONDS:g}")
         return wait_seconds
 
-    @server.tool(
+    @tool(
         title="Start an image-to-video task",
         annotations=SUBMITS,
     )
     @_with_generation_args
     @_tool_errors
-    async def create_video_task(args: GenerationArgs) -> Task:
-        """Submit a video generation (paid per second of video) and return at once with the PENDING task.
+    async def create_video_task(args: dict[str, Any]) -> Task:
+        """Start a video generation (paid per second of video); returns the PENDING task at once.
 
-        Every argument is checked against the model's documented limits before anything is sent. The server
-        follows the task and downloads the video when done; use get_task(task_id, wait_seconds) to wait.
+        The server follows it and saves the MP4; wait with get_task. InvalidInput: nothing was sent.
         """
         return await wanx.create(args)
 
-    @server.tool(
+    @tool(
         title="Generate a video and wait for it",
         annotations=SUBMITS,
         meta=PLAYER_TOOL_META,
@@ -181,90 +239,81 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
     @_with_generation_args
     @_tool_errors
     async def generate_and_wait(
-        args: GenerationArgs,
+        args: dict[str, Any],
         ctx: Context,
         wait_seconds: Annotated[
             float,
-            Field(
-                description=f"How long to wait (default {wait_default:g} s, below MCP clients' ~60 s timeout). "
-                "If the video is not ready by then the running task comes back with a hint; nothing is lost."
-            ),
+            Field(description="Seconds to wait (below MCP clients' ~60 s timeout); then the running task returns"),
         ] = wait_default,
     ) -> Task:
-        """Submit a video generation (paid per second of video) and wait for the result, with progress.
+        """Generate a video (paid per second of video) and wait for it, with progress.
 
-        Returns the final task (video_path is the downloaded MP4) or, when wait_seconds run out first, the
-        still-running task: then call get_task(task_id, wait_seconds=50). Do not resubmit: that pays twice.
+        Returns the final task (video_path: the saved MP4) or, if wait_seconds run out, the running task: then
+        call get_task(task_id, wait_seconds=50); never resubmit (that pays twice). InvalidInput: nothing was sent.
         """
         task = await wanx.generate(args, check_wait(wait_seconds), _progress_reporter(ctx))
         return linked(task, ctx)
 
-    @server.tool(
+    @tool(
         title="Get (and optionally wait for) a task",
         annotations=READS_UPSTREAM,
         meta=PLAYER_TOOL_META,
     )
     @_tool_errors
     async def get_task(
-        task_id: Annotated[str, Field(description="The task_id returned by create_video_task or generate_and_wait")],
+        task_id: str,
         ctx: Context,
-        wait_seconds: Annotated[
-            float, Field(description="Wait up to this many seconds for the task to finish (0: answer at once)")
-        ] = 0,
+        wait_seconds: Annotated[float, Field(description="Wait up to this long for the final result")] = 0,
     ) -> Task:
-        """The task's status and results (video_url, video_path, actual_prompt, usage, error_code).
-
-        Answers from the server's journal; with wait_seconds > 0 waits for the final result, with progress.
-        """
+        """A task's status and results (video_path, video_url, actual_prompt, error_code), with progress."""
         return linked(await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx)), ctx)
 
-    @server.tool(
+    @tool(
         title="Cancel a pending task",
         annotations=CANCELS,
     )
     @_tool_errors
-    async def cancel_task(task_id: Annotated[str, Field(description="The task to cancel")]) -> Task:
-        """Cancel a task that is still PENDING (queued); DashScope cannot stop a RUNNING one."""
+    async def cancel_task(task_id: str) -> Task:
+        """Cancel a PENDING (queued) task; a RUNNING one cannot be stopped."""
         return await wanx.cancel(task_id)
 
-    @server.tool(
+    @tool(
         title="List recent tasks",
         annotations=READS_UPSTREAM,
     )
     @_tool_errors
     async def list_tasks(
         ctx: Context,
-        status: Annotated[
-            str | None, Field(description="Only tasks in this status: PENDING, RUNNING, SUCCEEDED, FAILED, ...")
-        ] = None,
-        limit: Annotated[int, Field(description="At most this many tasks, newest first (1-500)")] = 20,
-        start_time: Annotated[
-            str | None,
-            Field(
-                description="ISO 8601 time: list DashScope's own record of the account's tasks created since then "
-                "(24 h at most) instead of this server's journal. Finds the task of an AmbiguousCreate, which "
-                "is then journaled, followed and downloaded like any other."
-            ),
-        ] = None,
-        model_name: Annotated[
-            str | None, Field(description="Only this model's tasks, from DashScope's record (as with start_time)")
-        ] = None,
+        status: Annotated[str | None, Field(json_schema_extra={"enum": list(Status)})] = None,
+        limit: Annotated[int, Field(description="1-500")] = 20,
+        start_time: Annotated[str | None, Field(description="ISO 8601; at most 24 h back")] = None,
+        model_name: str | None = None,
     ) -> TaskList:
-        """Tasks this server has submitted, newest first, from its journal (survives restarts); with start_time
-        or model_name, the account's tasks as DashScope lists them."""
+        """Tasks this server submitted, newest first. With start_time or model_name: DashScope's list of the
+        account's tasks (finds the task of an AmbiguousCreate, which is then followed like any other)."""
         if start_time is None and model_name is None:
             tasks = wanx.list(status, limit)
         else:
             tasks = await wanx.find(start_time, model_name, status, limit)
         return TaskList(tasks=[linked(task, ctx) for task in tasks])
 
-    @server.tool(
+    @tool(
         title="List the video models",
         annotations=READS_LOCAL,
     )
     async def list_models() -> ModelList:
-        """The Wan image-to-video models: resolutions, durations, templates, limits, price per second."""
+        """The models: resolutions, durations, templates, arguments, limits, prices."""
         return ModelList(models=wanx.models())
+
+    server = MCPServer(
+        "wanx-mcp",
+        title="Wan image-to-video (DashScope)",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        subscriptions=bus,
+        extensions=[player_app()],
+        tools=tools,
+    )
 
     @server.resource("wanx://models", mime_type="application/json", title="Video models")
     async def models_resource() -> str:

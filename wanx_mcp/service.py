@@ -21,7 +21,7 @@ from .dashscope import DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .journal import Journal
-from .request import GenerationArgs, VideoRequest, build_request
+from .request import VideoRequest, build_request
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
 from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
 
@@ -63,15 +63,27 @@ class ModelInfo(BaseModel):
     aliases: dict[str, str]
     typical_generation_seconds: float
     recommended: bool
+    images: list[str] = Field(description="its image arguments: image (first frame) and perhaps last_frame")
+    arguments: dict[str, dict[str, Any]] = Field(
+        description="every argument it takes besides image, model and fit_image, with its rules "
+        "(choices, default, max_chars, minimum, maximum, needs, excludes; send=false: checked, not sent)"
+    )
 
     @classmethod
     def of(cls, spec: ModelSpec) -> ModelInfo:
         return cls(
             **spec.model_dump(include={
-                "name", "description", "resolutions", "default_resolution", "durations", "default_duration",
-                "templates", "max_prompt_chars", "max_negative_prompt_chars", "price_cny_per_second",
-                "rate_limit", "regions", "aliases", "recommended",
+                "name", "description", "price_cny_per_second", "rate_limit", "regions", "aliases", "recommended",
             }),
+            resolutions=list(spec.resolutions),
+            default_resolution=spec.default_resolution,
+            durations=list(spec.durations),
+            default_duration=spec.default_duration,
+            templates=list(spec.templates),
+            max_prompt_chars=spec.max_prompt_chars,
+            max_negative_prompt_chars=spec.max_negative_prompt_chars,
+            images=list(spec.inputs),
+            arguments={name: rule.model_dump(mode="json", exclude_defaults=True) for name, rule in spec.params.items()},
             image_formats=list(spec.image.formats),
             image_min_side=spec.image.min_side,
             image_max_side=spec.image.max_side,
@@ -84,7 +96,7 @@ def _new_task(
     request: VideoRequest,
     task_id: str,
     *,
-    image: str | None,
+    images: Mapping[str, str],
     created_at: str | None,
     status: Status = Status.PENDING,
     request_id: str | None = None,
@@ -93,9 +105,9 @@ def _new_task(
     """The journal record of a task just created for ``request``."""
     return Task(
         **request.model_dump(include={"model", "prompt", "negative_prompt", "template", "resolution", "duration"}),
+        **images,
         task_id=task_id,
         status=status,
-        image=image,
         created_at=created_at,
         updated_at=created_at,
         request_id=request_id,
@@ -213,33 +225,44 @@ class Wanx:
     def _present(self, task: Task) -> Task:
         return task.model_copy(update={"hint": hint_for(task, remaining_seconds(self.watcher, task))})
 
-    async def _prepare(self, request: VideoRequest) -> PreparedImage:
-        return await prepare_image_async(
-            request.image, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
-        )
+    async def _prepare(self, request: VideoRequest) -> dict[str, PreparedImage]:
+        """Every image of ``request`` (first frame, last frame...) checked and made ready to send, by name."""
+        prepared = {}
+        for slot, source in request.images.items():
+            try:
+                prepared[slot] = await prepare_image_async(
+                    source, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
+                )
+            except InvalidInput as exc:  # the image checks name the first frame
+                raise InvalidInput(slot, exc.value, exc.rule, exc.valid) from None
+        return prepared
 
-    async def _prepared_url(self, request: VideoRequest) -> str:
-        return (await self._prepare(request)).img_url
+    async def _prepared_urls(self, request: VideoRequest) -> dict[str, str]:
+        return {slot: image.img_url for slot, image in (await self._prepare(request)).items()}
 
-    async def create(self, args: GenerationArgs | dict[str, Any]) -> Task:
+    async def create(self, args: BaseModel | Mapping[str, Any]) -> Task:
         """Validate, prepare the image, submit, journal and start following; returns the PENDING task."""
         request = build_request(args)
-        image = await self._prepare(request)
-        description, changes = image.description, image.changes
-        # a create may wait in the rate-limit queue: it keeps a URL, not a data URI made again when it is sent
-        img_url = image.img_url if image.source == "url" else functools.partial(self._prepared_url, request)
-        del image
-        journaled = request.model_dump(exclude={"image"}) | {"image": description}
+        images = await self._prepare(request)
+        described = {slot: image.description for slot, image in images.items()}
+        changes = [note if slot == "image" else f"{slot}: {note}" for slot, image in images.items()
+                   for note in image.changes]  # fmt: skip
+        # a create may wait in the rate-limit queue: it keeps URLs, not data URIs made again when it is sent
+        urls = ({slot: image.img_url for slot, image in images.items()}
+                if all(image.source == "url" for image in images.values())
+                else functools.partial(self._prepared_urls, request))  # fmt: skip
+        del images
+        journaled = request.model_dump(exclude=set(described)) | described
         submission = self.journal.record_submission(request.model, journaled)
         try:
-            response = await self.client.create_task(request, img_url)
+            response = await self.client.create_task(request, urls)
         except WanxError as exc:
             outcome = "ambiguous" if exc.code == "AmbiguousCreate" else "failed"
             self.journal.finish_submission(submission, outcome, error=str(exc))
             raise
         now = iso(utcnow())
         task = _new_task(
-            request, response.output.task_id, image=description, created_at=now,
+            request, response.output.task_id, images=described, created_at=now,
             status=Status(response.output.task_status), request_id=response.request_id, notes=changes,
         )  # fmt: skip
         self.journal.insert(task, journaled)
@@ -292,7 +315,7 @@ class Wanx:
         return self._present(task)
 
     async def generate(
-        self, args: GenerationArgs | dict[str, Any], wait_seconds: float, progress: ProgressListener | None = None
+        self, args: BaseModel | Mapping[str, Any], wait_seconds: float, progress: ProgressListener | None = None
     ) -> Task:
         """Create a task and wait for it (bounded by ``wait_seconds``)."""
         task = await self.create(args)
@@ -368,7 +391,7 @@ class Wanx:
         submission = min(matches, key=lambda match: match[0])[1]
         request = VideoRequest.model_validate(submission["request"])
         note = "found in DashScope's task list after the answer to its submission was lost"
-        task = _new_task(request, item.task_id, image=request.image, created_at=iso(created), notes=[note])
+        task = _new_task(request, item.task_id, images=request.images, created_at=iso(created), notes=[note])
         task, _ = apply_response(task, await self.client.get_task(item.task_id))
         if not self.journal.adopt(submission["id"], task, submission["request"]):
             return self.journal.get(item.task_id)

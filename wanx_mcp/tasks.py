@@ -49,6 +49,7 @@ class Task(BaseModel):
     resolution: str | None = None
     duration: int | None = None
     image: str | None = Field(None, description="where the first frame came from (never the image data)")
+    last_frame: str | None = Field(None, description="where the last frame came from (never the image data)")
     created_at: str | None = Field(None, description="ISO 8601 UTC")
     updated_at: str | None = Field(None, description="ISO 8601 UTC: last time the status was confirmed upstream")
     finished_at: str | None = Field(None, description="ISO 8601 UTC")

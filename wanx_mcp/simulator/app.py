@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import time
+from collections.abc import AsyncIterator
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -12,17 +14,19 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
 from .faults import ALLOWED, KINDS, Fault
 from .responses import ConnectionDropped, CutResponse, api_error, api_json, oss_error, proxy_502
-from .state import SimulatorState
+from .rules import FIRST_FRAME, KEYFRAMES
+from .state import REQUEST_AGENT, SimulatorState
 from .tasks import SimTask
 
 API = "/api/v1"
+ENDLESS_CHUNK = 256 * 1024
 ADMIN = "/_simulator"
 
 
@@ -30,6 +34,13 @@ ADMIN = "/_simulator"
 def sample_video() -> bytes:
     """The MP4 every successful task produces."""
     return (files("wanx_mcp.simulator") / "assets" / "sample.mp4").read_bytes()
+
+
+def corrupt(video: bytes) -> bytes:
+    """As long as ``video`` and starting with its ``ftyp`` box, the rest scrambled so that it cannot decode."""
+    head = int.from_bytes(video[:4], "big")
+    rest = random.Random(0).randbytes(len(video) - head)
+    return video[:head] + rest
 
 
 class _RequestLog:
@@ -49,7 +60,11 @@ class _RequestLog:
             return
         status = 500
 
+        logged = False
+
         def log(outcome: int | str) -> None:
+            nonlocal logged
+            logged = True
             self.state.log_request(scope["method"], scope["path"], outcome)
 
         async def send_and_log(message: Message) -> None:
@@ -60,8 +75,12 @@ class _RequestLog:
                 log(status)
             await send(message)
 
+        agent = dict(scope["headers"]).get(b"user-agent")
+        REQUEST_AGENT.set(None if agent is None else agent.decode("latin-1"))
         try:
             await self.app(scope, receive, send_and_log)
+            if not logged:  # a stream the client stopped reading (the ``endless`` fault)
+                log("client_closed")
         except ConnectionDropped:
             log("dropped")
             raise
@@ -99,6 +118,14 @@ def create_app(state: SimulatorState) -> Starlette:
             return CutResponse(video[:1024], len(video), "video/mp4")
         return CutResponse(b'{"request_id": "', 4096, "application/json")
 
+    async def endless(video: bytes) -> AsyncIterator[bytes]:
+        """The video, then filler bytes, forever (until the client goes away or the simulator stops)."""
+        yield video
+        filler = bytes(ENDLESS_CHUNK)
+        while not state.stopping.is_set():
+            yield filler
+            await anyio.sleep(0)
+
     def api_key(request: Request) -> str:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not state.authorized(key.strip()):
@@ -111,6 +138,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return f"{root}/results/{task.task_id}.mp4?Expires={expires}&Signature=sim"
 
     async def create_task(request: Request) -> Response:
+        endpoint = request.url.path.removeprefix(API)
         state.count("creates_received")
         raw = await request.body()
         if (fault_response := await before(request, "create")) is not None:
@@ -122,9 +150,10 @@ def create_app(state: SimulatorState) -> Starlette:
             body: Any = json.loads(raw)
         except ValueError:
             body = None
-        task, fault = state.create(key, body)
+        task, fault = state.create(key, body, endpoint, authorization=request.headers["authorization"])
+        answered_id = fault.value if fault is not None and fault.kind == "bad_task_id" else task.task_id
         response = JSONResponse(
-            {"output": {"task_status": "PENDING", "task_id": task.task_id}, "request_id": task.request_id}
+            {"output": {"task_status": "PENDING", "task_id": answered_id}, "request_id": task.request_id}
         )
         if fault is not None and fault.kind == "accept_then_drop":
             sent = response.body
@@ -169,9 +198,14 @@ def create_app(state: SimulatorState) -> Starlette:
         if state.clock.now() > state.video_expires_at(task):
             return oss_error(403, "AccessDenied", "Request has expired.")
         video = sample_video()
-        if state.faults.take("download", before=False) is not None:
-            return CutResponse(video[: len(video) // 2], len(video), "video/mp4")
-        return Response(video, media_type="video/mp4")
+        fault = state.faults.take("download", before=False)
+        if fault is None:
+            return Response(video, media_type="video/mp4")
+        if fault.kind == "corrupt_video":
+            return Response(corrupt(video), media_type="video/mp4")
+        if fault.kind == "endless":
+            return StreamingResponse(endless(video), media_type="video/mp4")
+        return CutResponse(video[: len(video) // 2], len(video), "video/mp4")
 
     async def add_faults(request: Request) -> Response:
         try:
@@ -213,7 +247,8 @@ def create_app(state: SimulatorState) -> Starlette:
         return api_error(exc.status, exc.code, exc.message)
 
     routes = [
-        Route(f"{API}/services/aigc/video-generation/video-synthesis", create_task, methods=["POST"]),
+        Route(f"{API}{FIRST_FRAME}", create_task, methods=["POST"]),
+        Route(f"{API}{KEYFRAMES}", create_task, methods=["POST"]),
         Route(f"{API}/tasks/", list_tasks, methods=["GET"]),
         Route(f"{API}/tasks", list_tasks, methods=["GET"]),
         Route(f"{API}/tasks/{{task_id}}", get_task, methods=["GET"]),

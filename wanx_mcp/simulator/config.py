@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from ..catalog import RateLimit, rate_limits
 from ..config import SIMULATOR_KEY
+from .rules import FAMILIES, Family
 
 DAY = 24 * 3600.0
 
 
 @dataclass(frozen=True)
 class FamilyLimits:
-    """Overrides of one rate-limit family's catalog figures (None keeps the catalog's)."""
+    """Overrides of one rate-limit family's documented figures (None keeps the documented ones)."""
 
     submissions_per_second: int | None = None
     running_tasks: int | None = None
@@ -24,9 +24,12 @@ class SimulatorConfig:
     """Everything a simulator can be told. Times are simulated seconds, ``speed`` times shorter in reality.
 
     - ``speed``: how much faster than DashScope tasks run (and videos and tasks expire).
-    - ``api_keys``: the keys accepted as ``Authorization: Bearer <key>``.
+    - ``api_keys``: the keys accepted as ``Authorization: Bearer <key>`` (the keys of ``accounts`` too).
+    - ``accounts``: api key -> account name; a key not listed is its own account. Rate limits, running
+      slots, task visibility and task lists are per account, shared by all its keys, as on DashScope.
     - ``jitter``/``seed``: vary each task's duration by 0.8-1.2x, from a seeded random generator.
-    - ``limits``: per rate-limit family (``"wan2.1/2.2"``, ``"wan2.5/2.6"``) overrides of the catalog.
+    - ``limits``: per rate-limit family (``"wan2.1/2.2"``, ``"wan2.5/2.6"``) overrides
+      of the documented limits (rules.py).
     - ``expiry_seconds``: lifetime of task ids (from submission) and video URLs (from the end).
     - ``schedule_delay``: time between submission and the earliest start.
     - ``hold_pending``: start with the queue held (no task leaves PENDING; see SimulatorState.hold_pending).
@@ -37,6 +40,7 @@ class SimulatorConfig:
 
     speed: float = 1.0
     api_keys: Collection[str] = frozenset({SIMULATOR_KEY})
+    accounts: Mapping[str, str] = field(default_factory=dict)
     jitter: bool = True
     seed: int | None = 0
     limits: Mapping[str, FamilyLimits] = field(default_factory=dict)
@@ -52,19 +56,26 @@ class SimulatorConfig:
             raise ValueError(f"speed must be positive, not {self.speed}")
         if self.expiry_seconds <= 0:
             raise ValueError(f"expiry_seconds must be positive, not {self.expiry_seconds}")
-        unknown = set(self.limits) - set(rate_limits())
+        unknown = set(self.limits) - set(FAMILIES)
         if unknown:
-            raise ValueError(f"unknown rate-limit families {sorted(unknown)}; known: {sorted(rate_limits())}")
+            raise ValueError(f"unknown rate-limit families {sorted(unknown)}; known: {sorted(FAMILIES)}")
 
-    def rate_limit(self, family: str) -> RateLimit:
-        """The catalog's limits of ``family`` with this config's overrides applied."""
-        base = rate_limits()[family]
+    def rate_limit(self, family: str) -> Family:
+        """The documented limits of ``family`` with this config's overrides applied."""
+        base = FAMILIES[family]
         override = self.limits.get(family, FamilyLimits())
-        return RateLimit(
-            family=family,
+        return Family(
+            name=family,
             submissions_per_second=override.submissions_per_second or base.submissions_per_second,
             running_tasks=override.running_tasks or base.running_tasks,
         )
+
+    def accepts(self, key: str) -> bool:
+        return key in self.api_keys or key in self.accounts
+
+    def account(self, key: str) -> str:
+        """The account ``key`` belongs to."""
+        return self.accounts.get(key, key)
 
     def real_seconds(self, simulated: float) -> float:
         """How long ``simulated`` seconds last on the wall clock."""

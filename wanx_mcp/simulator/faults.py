@@ -1,6 +1,7 @@
 """Injected faults: what the next requests of one kind will suffer.
 
-A fault has a ``target`` (the request kind), a ``kind`` and a ``count`` (how many requests it hits).
+A fault has a ``target`` (the request kind), a ``kind`` and a ``count`` (how many requests it hits), and
+per kind ``seconds``, ``status``, ``code``, ``message`` or ``value``.
 "Before" kinds strike as the request arrives, before anything is done; "after" kinds strike once the
 request has done its work (a task created, a video found).
 """
@@ -25,17 +26,35 @@ AFTER = {
     "accept_then_drop": "create the task, then cut the connection in the middle of the response",
     "accept_then_hang": "create the task, then wait `seconds` before answering",
     "task_failed": "the created task ends FAILED with `code` (default DataInspectionFailed) and `message`",
+    "bad_task_id": "create the task, but answer with the task id `value` (e.g. '../../outside/x'): a hostile "
+    "upstream; the task exists under its real id all the same (it is in the task list)",
+    "echo_auth": "the created task echoes the request's Authorization header: without `code` it ends "
+    "SUCCEEDED with the header in `actual_prompt` and in its `video_url`'s query (`auth=`); with `code` it "
+    "ends FAILED with that code and the header in `message`",
+    "wrong_resolution": "the created task delivers a video at resolution `value` (e.g. '720P') instead of the "
+    "requested one (its MP4 and usage show it)",
     "truncate": "serve only the first half of the video's bytes, then cut the connection",
+    "corrupt_video": "serve an MP4-looking body (it starts with an ftyp box) that does not decode",
+    "endless": "stream video bytes forever (no Content-Length), in chunks, until the client stops",
 }
 KINDS = {**BEFORE, **AFTER}
 ALLOWED = {
-    "create": (*BEFORE, "accept_then_drop", "accept_then_hang", "task_failed"),
+    "create": (
+        *BEFORE,
+        "accept_then_drop",
+        "accept_then_hang",
+        "task_failed",
+        "bad_task_id",
+        "echo_auth",
+        "wrong_resolution",
+    ),
     "get": (*BEFORE,),
     "cancel": (*BEFORE,),
     "list": (*BEFORE,),
-    "download": (*BEFORE, "truncate"),
+    "download": (*BEFORE, "truncate", "corrupt_video", "endless"),
 }
-FIELDS = ("target", "kind", "count", "seconds", "status", "code", "message")
+FIELDS = ("target", "kind", "count", "seconds", "status", "code", "message", "value")
+RESOLUTIONS = ("480P", "720P", "1080P")
 
 
 @dataclass
@@ -49,6 +68,7 @@ class Fault:
     status: int | None = None
     code: str | None = None
     message: str | None = None
+    value: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in ALLOWED:
@@ -67,6 +87,10 @@ class Fault:
             self.code = self.code or CODE_FOR_STATUS.get(self.status, "InternalError")
         if self.kind == "task_failed":
             self.code = self.code or "DataInspectionFailed"
+        if self.kind == "bad_task_id" and not self.value:
+            raise ValueError("fault 'bad_task_id' needs the task id to answer with as value")
+        if self.kind == "wrong_resolution" and self.value not in RESOLUTIONS:
+            raise ValueError(f"fault 'wrong_resolution' needs value one of {', '.join(RESOLUTIONS)}")
         if self.code:
             self.message = self.message or message_for(self.code)
 
@@ -94,6 +118,7 @@ class Fault:
                 status=None if data.get("status") is None else int(data["status"]),
                 code=None if data.get("code") is None else str(data["code"]),
                 message=None if data.get("message") is None else str(data["message"]),
+                value=None if data.get("value") is None else str(data["value"]),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad fault: {exc}") from None
@@ -116,9 +141,12 @@ class FaultQueue:
         status: int | None = None,
         code: str | None = None,
         message: str | None = None,
+        value: str | None = None,
     ) -> Fault:
         """Make the next ``count`` ``target`` requests suffer ``kind`` (see KINDS); ValueError if invalid."""
-        fault = Fault(target, kind, count=count, seconds=seconds, status=status, code=code, message=message)
+        fault = Fault(
+            target, kind, count=count, seconds=seconds, status=status, code=code, message=message, value=value
+        )
         self.add_fault(fault)
         return fault
 

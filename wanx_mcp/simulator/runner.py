@@ -139,10 +139,14 @@ def serve(
     state = SimulatorState(config)
     sock = _bind(host, port)
     server = _server(state, log_level=log_level, own_logging=True)
-    keys = ", ".join(sorted(config.api_keys))
+    keys = ", ".join(sorted({*config.api_keys, *config.accounts}))
     print(
         f"DashScope simulator on http://{_url_host(sock)}/api/v1 (speed x{config.speed:g}, keys: {keys}); "
-        "admin: /_simulator/stats, /_simulator/faults, /_simulator/reset",
+        "admin: /_simulator/stats, /_simulator/faults, /_simulator/reset\n"
+        "Use it from wanx-mcp with these environment variables:\n"
+        f"DASHSCOPE_HTTP_BASE_URL=http://{_url_host(sock)}/api/v1\n"
+        f"DASHSCOPE_API_KEY={min(config.api_keys or config.accounts)}\n"
+        f"WANX_DOWNLOAD_HOSTS={sock.getsockname()[0]}",
         file=sys.stderr,
         flush=True,
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 import uuid
 from collections import Counter, deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +21,15 @@ from .clock import Clock
 from .config import SimulatorConfig
 from .errors import ApiError, invalid, message_for
 from .faults import Fault, FaultQueue
+from .rules import FIRST_FRAME
 from .tasks import SimTask
 from .validation import validate_create
 
 RATE_WINDOW = 1.0
 LIST_WINDOW = 24 * 3600.0
 LOG_SIZE = 1000
-COUNTS = ("creates_received", "tasks_created", "status_gets", "cancels", "lists", "downloads")
+COUNTS = ("creates_received", "tasks_created", "status_gets", "cancels", "lists", "downloads", "throttled")
+REQUEST_AGENT: ContextVar[str | None] = ContextVar("REQUEST_AGENT", default=None)
 STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
 
 
@@ -35,7 +39,7 @@ def _finish(task: SimTask) -> float:
 
 @dataclass
 class _Lane:
-    """The tasks of one key and one rate-limit family, which share its running slots."""
+    """The tasks of one account and one rate-limit family, which share its running slots."""
 
     slots: int
     pending: deque[SimTask] = field(default_factory=deque)
@@ -108,11 +112,16 @@ class SimulatorState:
             self._counts[kind] += 1
 
     def log_request(self, method: str, path: str, status: int | str) -> None:
+        """Log one answered request; its User-Agent is read from ``REQUEST_AGENT`` (set per request)."""
+        entry = {"method": method, "path": path, "status": status, "agent": REQUEST_AGENT.get(), "at": time.time()}
         with self._lock:
-            self._requests.append({"method": method, "path": path, "status": status})
+            self._requests.append(entry)
+            if status == 429:
+                self._counts["throttled"] += 1
 
     def stats(self) -> dict[str, Any]:
-        """Request counts (``creates_received``...), ``requests`` (the latest 1000: method, path, status),
+        """Request counts (``creates_received``..., ``throttled``: 429s answered), ``requests`` (the latest
+        1000: method, path, status, agent (User-Agent), at (epoch seconds)),
         ``tasks`` (task id -> model, status, transition times) and the pending ``faults``."""
         with self._lock:
             self._advance(self.clock.now())
@@ -125,28 +134,33 @@ class SimulatorState:
             }
 
     def authorized(self, key: str) -> bool:
-        return key in self.config.api_keys
+        return self.config.accepts(key)
 
-    def create(self, key: str, body: Any) -> tuple[SimTask, Fault | None]:
-        """A new task for ``body`` and the after-create fault it drew; ApiError on 400 and 429."""
-        request = validate_create(body)
+    def create(
+        self, key: str, body: Any, endpoint: str = FIRST_FRAME, *, authorization: str = ""
+    ) -> tuple[SimTask, Fault | None]:
+        """A new task for ``body`` posted to ``endpoint`` with ``key`` and the after-create fault it drew;
+        ApiError on 400 and 429. ``authorization`` is the request's header, for the ``echo_auth`` fault."""
+        request = validate_create(body, endpoint)
+        account = self.config.account(key)
         with self._lock:
             now = self.clock.now()
             self._advance(now)
-            family = request.spec.rate_limit.family
+            family = request.rule.family.name
             limits = self.config.rate_limit(family)
-            window = self._windows.setdefault((key, family), deque())
+            window = self._windows.setdefault((account, family), deque())
             while window and window[0] <= now - RATE_WINDOW:
                 window.popleft()
             if len(window) >= limits.submissions_per_second:
                 raise ApiError(429, "Throttling.RateQuota")
             window.append(now)
             jitter = self._rng.uniform(0.8, 1.2) if self.config.jitter else 1.0
-            spec = request.spec
-            simulated = spec.typical_seconds * request.duration / spec.default_duration * jitter
+            rule = request.rule
+            simulated = rule.typical_seconds * request.duration / rule.default_duration * jitter
             task = SimTask(
                 task_id=str(uuid.uuid4()),
                 key=key,
+                account=account,
                 request=request,
                 request_id=str(uuid.uuid4()),
                 submitted_at=now,
@@ -156,22 +170,28 @@ class SimulatorState:
             fault = self.faults.take("create", before=False)
             if fault and fault.kind == "task_failed":
                 task.failure_code, task.failure_message = fault.code, fault.message
+            elif fault and fault.kind == "echo_auth":
+                task.echo = authorization
+                if fault.code:
+                    task.failure_code, task.failure_message = fault.code, f"{fault.message} ({authorization})"
+            elif fault and fault.kind == "wrong_resolution":
+                task.delivered_resolution = fault.value
             elif code := request.marker_code:
                 task.failure_code, task.failure_message = code, message_for(code)
             self._tasks[task.task_id] = task
-            lane = self._lanes.setdefault((key, family), _Lane(slots=limits.running_tasks))
+            lane = self._lanes.setdefault((account, family), _Lane(slots=limits.running_tasks))
             lane.pending.append(task)
             lane.advance(now, hold=self._hold)
             self._counts["tasks_created"] += 1
             return task, fault
 
     def get(self, key: str, task_id: str) -> SimTask | None:
-        """The task as it is now, or None when it does not exist for this key or has expired."""
+        """The task as it is now, or None when it does not exist for this key's account or has expired."""
         with self._lock:
             now = self.clock.now()
             self._advance(now)
             task = self._tasks.get(task_id)
-            if task is None or task.key != key or self._expired(task.submitted_at, now):
+            if task is None or task.account != self.config.account(key) or self._expired(task.submitted_at, now):
                 return None
             return task
 
@@ -185,12 +205,12 @@ class SimulatorState:
                     "UnsupportedOperation",
                     "Failed to cancel the task, please confirm if the task is in PENDING status.",
                 )
-            self._lanes[(key, task.family)].pending.remove(task)
+            self._lanes[(task.account, task.family)].pending.remove(task)
             task.status = "CANCELED"
             task.ended_at = self.clock.now()
 
     def list_tasks(self, key: str, query: dict[str, str]) -> dict[str, Any]:
-        """``GET /tasks/`` for ``key``: filtered, newest first, paged; ApiError on bad parameters."""
+        """``GET /tasks/`` for ``key``'s account: filtered, newest first, paged; ApiError on bad parameters."""
         with self._lock:
             now = self.clock.now()
             self._advance(now)
@@ -213,11 +233,11 @@ class SimulatorState:
             matches = [
                 task
                 for task in self._tasks.values()
-                if task.key == key
+                if task.account == self.config.account(key)
                 and not self._expired(task.submitted_at, now)
                 and start <= task.submitted_at <= end
                 and query.get("task_id") in (None, "", task.task_id)
-                and query.get("model_name") in (None, "", task.request.model_name, task.request.spec.name)
+                and query.get("model_name") in (None, "", task.request.model_name, task.request.rule.name)
                 and status in ("", task.status)
             ]
             matches.sort(key=lambda task: task.submitted_at, reverse=True)

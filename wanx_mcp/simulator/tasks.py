@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .clock import Clock
 from .validation import TaskSpec
@@ -26,6 +27,7 @@ class SimTask:
 
     task_id: str
     key: str
+    account: str
     request: TaskSpec
     request_id: str
     submitted_at: float
@@ -36,22 +38,29 @@ class SimTask:
     status: str = "PENDING"
     started_at: float | None = None
     ended_at: float | None = None
+    echo: str | None = None
+    delivered_resolution: str | None = None
 
     @property
     def family(self) -> str:
-        return self.request.spec.rate_limit.family
+        return self.request.rule.family.name
 
     @property
     def finish_at(self) -> float | None:
         """When a started task ends (it may not have yet)."""
         return None if self.started_at is None else self.started_at + self.run_seconds
 
+    @property
+    def resolution(self) -> str:
+        """The resolution of the video the task delivers."""
+        return self.delivered_resolution or self.request.resolution
+
     def usage(self) -> dict[str, Any]:
         """Billing figures, shaped per model family as DashScope shapes them."""
-        name, duration = self.request.spec.name, self.request.duration
-        sr = int(self.request.resolution.rstrip("P"))
+        name, duration = self.request.rule.name, self.request.duration
+        sr = int(self.resolution.rstrip("P"))
         if name.startswith(("wanx2.1", "wan2.1")):
-            return {"video_duration": duration, "video_ratio": self.request.resolution, "video_count": 1}
+            return {"video_duration": duration, "video_ratio": self.resolution, "video_count": 1}
         if name.startswith("wan2.6"):
             return {
                 "duration": duration,
@@ -76,7 +85,10 @@ class SimTask:
         if self.status == "SUCCEEDED":
             out["video_url"] = video_url
             out["orig_prompt"] = self.request.prompt
-            if self.request.prompt_extend and self.request.spec.returns_actual_prompt:
+            if self.echo is not None:
+                out["video_url"] = f"{video_url}&auth={quote(self.echo)}"
+                out["actual_prompt"] = f"{extend_prompt(self.request.prompt)} Authorization: {self.echo}"
+            elif self.request.prompt_extend and self.request.rule.returns_actual_prompt:
                 out["actual_prompt"] = extend_prompt(self.request.prompt)
         elif self.status == "FAILED":
             out["code"] = self.failure_code
@@ -86,6 +98,7 @@ class SimTask:
     def list_item(self, clock: Clock, region: str) -> dict[str, Any]:
         """One entry of ``GET /tasks/``."""
         model = self.request.model_name
+        api = self.request.rule.endpoint.removeprefix("/services").replace("/", ":")
         item: dict[str, Any] = {
             "api_key_id": str(zlib.crc32(self.key.encode())),
             "caller_parent_id": "simulator",
@@ -96,7 +109,7 @@ class SimTask:
             "request_id": self.request_id,
             "status": self.status,
             "task_id": self.task_id,
-            "user_api_unique_key": f"apikey:v1:aigc:video-generation:video-synthesis:{model}",
+            "user_api_unique_key": f"apikey:v1{api}:{model}",
         }
         if self.started_at is not None:
             item["start_time"] = clock.epoch_ms(self.started_at)
@@ -112,7 +125,7 @@ class SimTask:
 
         succeeded = self.ended_at if self.status == "SUCCEEDED" else None
         return {
-            "model": self.request.spec.name,
+            "model": self.request.rule.name,
             "status": self.status,
             "run_seconds": self.run_seconds,
             "created_at": wall(self.submitted_at),
@@ -120,4 +133,6 @@ class SimTask:
             "ended_at": wall(self.ended_at),
             "succeeded_at": wall(succeeded),
             "succeeded_monotonic": succeeded,
+            "input_fields": list(self.request.input_fields),
+            "parameters": self.request.parameters,
         }
