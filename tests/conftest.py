@@ -12,7 +12,7 @@ from PIL import Image
 
 from wanx_mcp.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
-FAST: dict[str, Any] = {"speed": 200.0, "jitter": False}
+FAST: dict[str, Any] = {"speed": 200.0, "jitter": False, "render": False}  # render=True where a test looks at the video
 
 
 @pytest.fixture

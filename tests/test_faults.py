@@ -348,7 +348,7 @@ async def test_dashscope_outage_then_return_and_the_task_completes(
     The simulator's clock keeps running while it is down (as DashScope keeps generating while the network
     is out), so the task finishes during the outage; the watcher keeps retrying and picks it up on return.
     """
-    config = SimulatorConfig(speed=30.0, jitter=False)
+    config = SimulatorConfig(speed=30.0, jitter=False, render=False)
     with ExitStack() as outage:
         first = outage.enter_context(running_simulator(config))
         port = int(first.root_url.rsplit(":", 1)[1])

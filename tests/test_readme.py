@@ -46,15 +46,21 @@ def test_every_documented_wanx_command_parses() -> None:
     commands = [c for c in readme_commands() if "wanx-mcp" in c]
     assert len(commands) >= 8
     for command in commands:
-        words = shlex.split(command.split("&&")[-1])
+        words = shlex.split(command.split("&&")[-1].replace("CLIENT", "cursor"))
         words = words[[w.startswith("wanx-mcp") for w in words].index(True) + 1:]
         parser().parse_args(words)  # exits (fails the test) on an unknown option
 
 
 def test_the_quick_start_demo_runs_from_the_console_script(tmp_path: Path) -> None:
-    done = subprocess.run([script(), "demo"], env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    done = subprocess.run([script(), "demo"], env=env_for(tmp_path, TMPDIR=str(temp)), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip().splitlines()[-1]).is_file()
+    statuses = [line.split()[1] for line in done.stdout.splitlines() if line.strip().startswith("progress:")]
+    assert statuses and len(statuses) == len(set(statuses)), done.stdout  # each status once
+    assert "SUCCEEDED" in done.stdout and not list(temp.iterdir()), "the demo leaves no temp folder behind"
 
 
 def test_demo_real_without_a_key_says_so(tmp_path: Path) -> None:
@@ -102,14 +108,16 @@ def client_configs() -> list[tuple[str, dict]]:
 def test_client_configs_name_real_commands_and_contract_variables(name: str, entry: dict) -> None:
     assert set(entry.get("env", {})) <= CONTRACT_ENV | {"WANX_SIMULATOR_SPEED"}, name
     command, args = entry["command"], entry["args"]
+    program = Path(command).name
     if command == "uvx":
         assert args[0] == "wanx-mcp"
         args = args[1:]
-    elif command == "python":
+    elif program == "python":
         assert args[:2] == ["-m", "wanx_mcp"]
         args = args[2:]
     else:
-        assert command == "wanx-mcp"
+        assert program == "wanx-mcp"
+    assert command in ("uvx", "wanx-mcp") or command.startswith("/"), "an absolute path, so PATH never matters"
     parser().parse_args(args or ["serve"])
 
 
@@ -121,8 +129,27 @@ async def test_the_simulator_entry_of_the_configs_starts_an_mcp_server(tmp_path:
     assert len(result.structured_content["models"]) == len(MODELS)
 
 
+def test_install_then_doctor_as_documented(tmp_path: Path) -> None:
+    env = env_for(tmp_path, HOME=str(tmp_path / "home"))
+    env.pop("XDG_CONFIG_HOME", None)
+    installed = subprocess.run([script(), "install", "claude-desktop", "--simulate"], env=env, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    assert (tmp_path / "home" / ".config" / "Claude" / "claude_desktop_config.json").is_file()
+    checked = subprocess.run([script(), "doctor", "--simulate"], env=env, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "claude-desktop (wanx-simulator)" in checked.stdout and "fail" not in checked.stdout
+
+
+def test_license_and_typing_marker_ship_with_the_package() -> None:
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    assert (ROOT / "wanx_mcp" / "py.typed").is_file()
+    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
+
+
 def test_server_json_describes_the_package() -> None:
     described = json.loads((ROOT / "server.json").read_text())
+    assert len(described["description"]) <= 100, "the MCP registry's limit"
     package = described["packages"][0]
     assert package["identifier"] == "wanx-mcp" and package["transport"] == {"type": "stdio"}
     assert {v["name"] for v in package["environmentVariables"]} <= CONTRACT_ENV

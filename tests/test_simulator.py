@@ -10,13 +10,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import av
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageStat
 
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 
@@ -274,7 +275,7 @@ def test_task_runs_to_succeeded_at_an_exact_recorded_time(client: httpx.Client, 
     assert record["run_seconds"] == pytest.approx(60 / 200)
     assert record["succeeded_at"] - record["started_at"] == pytest.approx(record["run_seconds"])
     assert record["succeeded_at"] == record["ended_at"] and record["succeeded_monotonic"] <= time.monotonic()
-    assert simulator.state.clock.stamp(record["succeeded_monotonic"]) == out["end_time"]
+    assert simulator.state.clock.stamp(record["succeeded_at"]) == out["end_time"]
 
 
 def test_usage_and_actual_prompt_follow_each_family(make_simulator: MakeSimulator) -> None:
@@ -421,14 +422,14 @@ def test_video_is_a_playable_h264_mp4(client: httpx.Client, simulator: RunningSi
 
 
 def test_video_url_and_task_expire(make_simulator: MakeSimulator) -> None:
-    sim = make_simulator(speed=1000, expiry_seconds=600)
+    sim = make_simulator(speed=1000, expiry_seconds=1500)
     with api(sim) as c:
         task_id = create(c)
         url = wait_final(c, task_id)["output"]["video_url"]
         expires = int(re.search(r"Expires=(\d+)", url).group(1))  # type: ignore[union-attr]
-        assert abs(expires - (time.time() + 600 / 1000)) < 2
+        assert abs(expires - (time.time() + 1500 / 1000)) < 2
         assert httpx.get(url).status_code == 200
-        time.sleep(0.65)
+        time.sleep(1.55)
         expired = httpx.get(url)
         assert expired.status_code == 403 and b"<Code>AccessDenied</Code>" in expired.content
         assert status(c, task_id)["output"]["task_status"] == "UNKNOWN"
@@ -712,3 +713,186 @@ def test_standalone_simulator_prints_the_environment_to_use_it() -> None:
             assert answer.json()["output"]["task_status"] == "UNKNOWN"
         finally:
             process.terminate()
+
+
+# -- persistent state ------------------------------------------------------------------------------
+
+CREATE_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+
+import httpx
+
+from wanx_mcp.simulator import SimulatorConfig, running_simulator
+
+config = SimulatorConfig(speed=float(sys.argv[2]), jitter=False, state_path=Path(sys.argv[1]))
+with running_simulator(config) as sim:
+    headers = {"Authorization": f"Bearer {sim.api_key}", "X-DashScope-Async": "enable"}
+    body = {"model": "wan2.2-i2v-flash", "input": {"img_url": sys.argv[3], "prompt": "a cat runs"}}
+    answer = httpx.post(f"{sim.base_url}/services/aigc/video-generation/video-synthesis", headers=headers, json=body)
+    print(answer.json()["output"]["task_id"])
+"""
+
+
+def test_a_task_created_by_one_process_finishes_and_downloads_in_the_next(
+    tmp_path: Path, make_simulator: MakeSimulator
+) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    image = png_uri(320, 240, "blue")
+    command = [sys.executable, "-c", CREATE_IN_ANOTHER_PROCESS, str(state_path), "50", image]
+    created = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    task_id = created.stdout.strip()
+    created_at = time.time()
+    sim = make_simulator(state_path=state_path, render=True, render_scale=0.25)
+    with api(sim) as c:
+        final = wait_final(c, task_id)
+        assert final["output"]["task_status"] == "SUCCEEDED" and final["output"]["orig_prompt"] == "a cat runs"
+        assert final["output"]["video_url"].startswith(f"{sim.root_url}/results/{task_id}.mp4?")
+        record = sim.state.stats()["tasks"][task_id]
+        assert record["run_seconds"] == pytest.approx(60 / 50)  # the creating process's speed
+        assert record["created_at"] < created_at  # it ran on the wall clock, whichever process looked
+        assert record["ended_at"] - record["started_at"] == pytest.approx(60 / 50)
+        size, colours, _ = decode_video(final["output"]["video_url"])  # made from the other process's image
+        assert size == (240, 180) and all(b > 200 and r < 60 for r, _, b in colours)
+        assert sim.state.images(sim.state.get(sim.api_key, task_id)) == {"img_url": image}  # type: ignore[arg-type]
+        assert [i["task_id"] for i in c.get("/tasks/").json()["data"]] == [task_id]
+
+
+SERVE_ON_A_STATE_FILE = """
+import sys
+from pathlib import Path
+
+from wanx_mcp.simulator import SimulatorConfig, running_simulator
+
+with running_simulator(SimulatorConfig(speed=20, jitter=False, state_path=Path(sys.argv[1]))) as sim:
+    print(sim.root_url, flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.slow
+def test_simulator_processes_share_a_state_file_at_the_same_time(tmp_path: Path, make_simulator: MakeSimulator) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    command = [sys.executable, "-c", SERVE_ON_A_STATE_FILE, str(state_path)]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            root = process.stdout.readline().strip()
+            local = make_simulator(speed=20, state_path=state_path)
+            headers = {"Authorization": f"Bearer {local.api_key}", "X-DashScope-Async": "enable"}
+            with httpx.Client(base_url=f"{root}/api/v1", headers=headers) as remote, api(local) as here:
+                first = create(remote, model="wan2.2-i2v-plus")
+                second = create(here, model="wan2.2-i2v-plus")
+                assert error_of(remote.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+                assert status(remote, second)["output"]["task_status"] == "RUNNING"
+                assert status(here, first)["output"]["task_status"] == "RUNNING"
+                listed = remote.get("/tasks/").json()["data"]
+                assert {item["task_id"] for item in listed} == {first, second}
+        finally:
+            process.communicate("", timeout=30)
+
+
+def test_simulators_sharing_a_state_file_share_tasks_limits_and_slots(
+    tmp_path: Path, make_simulator: MakeSimulator
+) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    one, two = (make_simulator(speed=20, state_path=state_path) for _ in range(2))
+    with api(one) as a, api(two) as b:
+        first, second = create(a, model="wan2.2-i2v-plus"), create(b, model="wan2.2-i2v-plus")
+        assert error_of(b.post(CREATE, json=body()), 429) == "Throttling.RateQuota"
+        assert status(b, first)["output"]["task_status"] == "RUNNING"
+        time.sleep(1.0)
+        queued = create(a)
+        assert status(b, queued)["output"]["task_status"] == "PENDING"  # both slots are taken, in either process
+        assert b.post(f"/tasks/{queued}/cancel").status_code == 200
+        assert status(a, queued)["output"]["task_status"] == "CANCELED"
+        assert {i["task_id"] for i in a.get("/tasks/").json()["data"]} == {first, second, queued}
+    assert one.state.stats()["throttled"] == 0 and two.state.stats()["throttled"] == 1
+    one.state.reset()
+    assert two.state.stats()["tasks"] == {}
+
+
+# -- rendered videos -------------------------------------------------------------------------------
+
+
+def decode_video(url: str) -> tuple[tuple[int, int], list[tuple[int, int, int]], float]:
+    """Size, the mean colour of each frame, and the duration of the MP4 at ``url``."""
+    response = httpx.get(url)
+    assert response.status_code == 200, response.text
+    with av.open(io.BytesIO(response.content)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = [frame.to_image() for frame in container.decode(stream)]
+        seconds = float(stream.duration * stream.time_base) if stream.duration else len(frames) / 16
+    colours = [tuple(round(mean) for mean in ImageStat.Stat(frame).mean) for frame in frames]
+    return frames[0].size, colours, seconds  # type: ignore[return-value]
+
+
+def test_frame_size_follows_the_resolution_and_the_image_aspect() -> None:
+    from wanx_mcp.simulator.videos import frame_size
+
+    assert frame_size("480P", 16 / 9) == (854, 480)
+    assert frame_size("720P", 9 / 16) == (720, 1280)
+    assert frame_size("1080P", 4 / 3) == (1440, 1080)
+    assert frame_size("720P", 1.0, 0.25) == (180, 180)
+
+
+def test_the_video_shows_the_submitted_image_at_the_delivered_size(make_simulator: MakeSimulator) -> None:
+    sim = make_simulator(render=True, render_scale=0.25, limits={WAN22: FamilyLimits(submissions_per_second=10)})
+    with api(sim) as c:
+        red = {"model": "wanx2.1-i2v-turbo", "input": {"img_url": png_uri(640, 480, "red")}}
+        red_task = c.post(CREATE, json={**red, "parameters": {"duration": 3, "resolution": "480P"}})
+        placeholder = create(c, resolution="480P")
+        sim.state.faults.add("create", "wrong_resolution", value="720P")
+        wrong = c.post(CREATE, json={**red, "parameters": {"resolution": "480P"}}).json()["output"]["task_id"]
+        urls = {
+            name: wait_final(c, task_id)["output"]["video_url"]
+            for name, task_id in (
+                ("red", red_task.json()["output"]["task_id"]),
+                ("grey", placeholder),
+                ("wrong", wrong),
+            )
+        }
+    size, colours, seconds = decode_video(urls["red"])
+    assert size == (160, 120) and len(colours) == 3 * 16 and seconds == pytest.approx(3, abs=0.1)
+    assert all(r > 200 and g < 60 and b < 60 for r, g, b in colours)
+    size, colours, _ = decode_video(urls["grey"])
+    assert size == (214, 120) and all(abs(r - g) < 10 and abs(g - b) < 10 for r, g, b in colours)
+    assert decode_video(urls["wrong"])[0] == (240, 180)
+    assert httpx.get(urls["red"]).content == httpx.get(urls["red"]).content  # rendered once, then cached
+
+
+def test_the_keyframe_video_cross_fades_from_the_first_to_the_last_frame(make_simulator: MakeSimulator) -> None:
+    sim = make_simulator(render=True, render_scale=0.25)
+    with api(sim) as c:
+        frames = {"first_frame_url": png_uri(480, 480, "red"), "last_frame_url": png_uri(480, 480, "blue")}
+        answer = c.post(KF2V, json={"model": "wan2.2-kf2v-flash", "input": frames})
+        url = wait_final(c, answer.json()["output"]["task_id"])["output"]["video_url"]
+    size, colours, _ = decode_video(url)
+    (r0, _, b0), (r1, _, b1) = colours[0], colours[-1]
+    assert size == (180, 180) and len(colours) == 80 and r0 > 200 > b0 and b1 > 200 > r1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_the_built_in_simulator_remembers_its_tasks_between_runs(tmp_path: Path, image: Path) -> None:
+    from wanx_mcp.config import Settings
+    from wanx_mcp.service import Wanx
+
+    settings = Settings(data_dir=tmp_path / "data", allowed_dirs=(tmp_path,), simulate=True, simulator_speed=1000)
+    async with Wanx.open(settings) as first_run:
+        task_id = (await first_run.create({"image": str(image), "resolution": "480P"})).task_id
+    async with Wanx.open(settings) as second_run:  # a new simulator on another port, the same data folder
+        done = await second_run.wait(task_id, 20)
+    assert done.status == "SUCCEEDED" and done.video_path and Path(done.video_path).read_bytes()[4:8] == b"ftyp"
+    assert (tmp_path / "data" / "simulator.sqlite3").is_file()
+
+
+def test_an_unreadable_state_file_is_set_aside(tmp_path: Path, make_simulator: MakeSimulator) -> None:
+    state_path = tmp_path / "simulator.sqlite3"
+    state_path.write_bytes(b"not a database, " * 512)
+    sim = make_simulator(state_path=state_path)
+    with api(sim) as c:
+        assert wait_final(c, create(c))["output"]["task_status"] == "SUCCEEDED"
+    (aside,) = tmp_path.glob("simulator.sqlite3.corrupt-*")
+    assert aside.read_bytes().startswith(b"not a database")

@@ -35,6 +35,7 @@ class Settings:
     )
     download: bool = True
     download_hosts: tuple[str, ...] = ("*.aliyuncs.com",)
+    preview: bool = True
     mcp_token: str | None = field(default=None, repr=False)
     mcp_allowed_hosts: tuple[str, ...] = ()
     simulate: bool = False
@@ -107,6 +108,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         else defaults.allowed_dirs,
         download=_flag(env.get("WANX_DOWNLOAD"), True),
         download_hosts=_list(env.get("WANX_DOWNLOAD_HOSTS"), defaults.download_hosts),
+        preview=_flag(env.get("WANX_PREVIEW"), True),
         mcp_token=env.get("WANX_MCP_TOKEN") or None,
         mcp_allowed_hosts=_list(env.get("WANX_MCP_ALLOWED_HOSTS"), ()),
         simulate=simulate,

@@ -11,7 +11,7 @@ from mcp import Client
 from PIL import Image, ImageDraw
 
 from .cli import EXIT_API, EXIT_INPUT, EXIT_OK, err, out
-from .config import load_settings
+from .config import Settings, load_settings
 from .server import build_server
 from .service import Wanx
 
@@ -40,8 +40,12 @@ async def run_demo(real: bool = False) -> int:
         return EXIT_INPUT
     if not real:
         env["WANX_SIMULATE"] = "1"
-    folder = Path(tempfile.mkdtemp(prefix="wanx-demo-"))
-    settings = load_settings(env)
+    with tempfile.TemporaryDirectory(prefix="wanx-demo-") as folder:
+        return await _demo(load_settings(env), Path(folder), real)
+
+
+async def _demo(settings: Settings, folder: Path, real: bool) -> int:
+    """The steps, with the first frame drawn in ``folder``."""
     settings = replace(settings, allowed_dirs=(*settings.allowed_dirs, folder))
     out.print(f"[bold]wanx-mcp demo[/bold] ({'real DashScope API' if real else 'built-in simulator: free, offline'})")
     async with Wanx.open(settings) as wanx, Client(build_server(wanx)) as client:
@@ -52,8 +56,13 @@ async def run_demo(real: bool = False) -> int:
         image = draw_demo_image(folder)
         out.print(f"3. drew a first frame: {image}")
 
+        shown: set[str] = set()
+
         async def progress(done: float, total: float | None, message: str | None) -> None:
-            out.print(f"   progress: {message}", markup=False)
+            status = (message or "").split(" ", 1)[0]
+            if status not in shown:  # each status once, not every few seconds
+                shown.add(status)
+                out.print(f"   progress: {message}", markup=False)
 
         arguments = {"image": str(image), "prompt": DEMO_PROMPT, "model": "wan2.2-i2v-flash", "resolution": "480P"}
         out.print("4. generate_and_wait ...")

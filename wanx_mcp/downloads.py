@@ -25,6 +25,8 @@ WILDCARDS = frozenset("*?[")
 FULL_DISK = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 Resolver = Callable[[str], Awaitable[list[str]]]
+#: Checks a finished download (the temporary file) before it replaces ``dest``; raises ValueError to reject it.
+Verifier = Callable[[Path], Awaitable[None]]
 
 
 class DownloadError(WanxError):
@@ -73,13 +75,15 @@ async def download_video(
     max_bytes: int = 512 * 1024 * 1024,
     timeout: float = 120.0,
     resolve: Resolver | None = None,
+    verify: Verifier | None = None,
 ) -> int:
     """Download the MP4 at ``url`` to ``dest`` and return its size in bytes.
 
     Every hop (at most ``MAX_REDIRECTS`` redirects) must be http(s) without credentials on an allowed
     host, and a host allowed only by a wildcard pattern must resolve (``resolve``, default: the system
     resolver) to public addresses. The body streams into a temporary file beside ``dest`` that replaces
-    ``dest`` only once complete and MP4-like, so ``dest`` is never partial. Every failure is a DownloadError.
+    ``dest`` only once complete and MP4-like (and accepted by ``verify``, whose ValueError is a retryable
+    failure), so ``dest`` is never partial. Every failure is a DownloadError.
     """
     dest = Path(dest)
     part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
@@ -95,6 +99,11 @@ async def download_video(
                 with _disk_errors(url, part):
                     await out.flush()
                     await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+            if verify is not None:
+                try:
+                    await verify(part)
+                except ValueError as exc:
+                    raise job.fail(f"not a playable video: {exc}", retryable=True) from None
         with _disk_errors(url, dest):
             await anyio.to_thread.run_sync(os.replace, part, dest)
     except TimeoutError:

@@ -3,6 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Who reads a message: an agent (MCP tool calls and arguments) or a person at a terminal (commands and
+    flags); ``simulate``: the commands suggested to a person carry ``--simulate``."""
+
+    cli: bool = False
+    simulate: bool = False
+
+    def flag(self, argument: str) -> str:
+        """How to turn the boolean ``argument`` on: ``fit_image=true`` or ``--fit-image``."""
+        return f"--{argument.replace('_', '-')}" if self.cli else f"{argument}=true"
+
+    def command(self, words: str) -> str:
+        """A ``wanx-mcp`` command line for a person (with ``--simulate`` when it was used)."""
+        return f"`wanx-mcp {words}{' --simulate' if self.simulate else ''}`"
+
+    def wait_for(self, task_id: str) -> str:
+        """How to wait for a running task."""
+        if self.cli:
+            return f"Run {self.command(f'show {task_id} --wait 600')}"
+        return f"Call get_task(task_id='{task_id}', wait_seconds=50)"
+
+    @property
+    def simulator(self) -> str:
+        return "add --simulate" if self.cli else "set WANX_SIMULATE=1"
+
+    @property
+    def account_tasks(self) -> str:
+        return (
+            "the task list in the Model Studio console (or the MCP tool list_tasks with start_time and model_name)"
+            if self.cli
+            else "list_tasks"
+        )
+
+
+AGENT = Surface()
 
 #: One-sentence advice for DashScope error codes, shown to people and agents.
 HINTS: dict[str, str] = {
@@ -31,10 +70,16 @@ HINTS: dict[str, str] = {
     "BadResponse": "DashScope (or a proxy in between) answered with something that is not its JSON; try again.",
     "ConnectionError": "DashScope could not be reached; check the network and DASHSCOPE_HTTP_BASE_URL.",
     "AmbiguousCreate": (
-        "The submission may or may not have created a (paid) task: look for it with list_tasks "
+        "The submission may or may not have created a (paid) task: look for it with {account_tasks} "
         "before submitting again."
     ),
 }
+
+
+def hint(code: str, surface: Surface = AGENT) -> str | None:
+    """The advice for ``code`` in the words of ``surface``."""
+    text = HINTS.get(code)
+    return None if text is None else text.format(account_tasks=surface.account_tasks)
 
 
 #: How much of a rejected text value an error message repeats (whole paths, not whole prompts or data URIs).
@@ -48,7 +93,11 @@ class WanxError(Exception):
 
     @property
     def hint(self) -> str | None:
-        return HINTS.get(self.code)
+        return hint(self.code)
+
+    def render(self, surface: Surface = AGENT) -> str:
+        """The message in the words of ``surface`` (``str(error)`` is the agent's)."""
+        return str(self)
 
 
 class InvalidInput(WanxError):
@@ -56,18 +105,34 @@ class InvalidInput(WanxError):
 
     code = "InvalidInput"
 
-    def __init__(self, argument: str, value: object, rule: str, valid: Iterable[object] | None = None) -> None:
+    def __init__(
+        self,
+        argument: str,
+        value: object,
+        rule: str,
+        valid: Iterable[object] | None = None,
+        *,
+        fixed_by: str | None = None,
+    ) -> None:
+        """``fixed_by``: the boolean argument (e.g. ``fit_image``) that would fix the value."""
         self.argument = argument
         self.value = value
         self.rule = rule
         self.valid = [str(v) for v in valid] if valid is not None else None
+        self.fixed_by = fixed_by
+        super().__init__(self.render())
+
+    def render(self, surface: Surface = AGENT) -> str:
+        value = self.value
         shown = repr(value) if not isinstance(value, str) or len(value) <= SHOWN_CHARS else repr(
             value[: SHOWN_CHARS - 3] + "..."
         )
-        message = f"InvalidInput: {argument}={shown}: {rule}"
+        message = f"InvalidInput: {self.argument}={shown}: {self.rule}"
+        if self.fixed_by:
+            message += f"; {surface.flag(self.fixed_by)} fixes this"
         if self.valid:
             message += f" (valid: {', '.join(self.valid)})"
-        super().__init__(message)
+        return message
 
 
 class DashScopeError(WanxError):
@@ -87,15 +152,18 @@ class DashScopeError(WanxError):
         self.status = status
         self.request_id = request_id
         self.task_id = task_id
-        text = f"{code}: {message}"
-        details = [f"HTTP {status}" if status else "", f"request_id={request_id}" if request_id else ""]
-        if task_id:
-            details.append(f"task_id={task_id}")
+        super().__init__(self.render())
+
+    def render(self, surface: Surface = AGENT) -> str:
+        text = f"{self.code}: {self.message}"
+        details = [f"HTTP {self.status}" if self.status else "", f"request_id={self.request_id}" if self.request_id
+                   else "", f"task_id={self.task_id}" if self.task_id else ""]  # fmt: skip
         if any(details):
             text += f" ({', '.join(d for d in details if d)})"
-        if self.hint:
-            text += f" Hint: {self.hint}"
-        super().__init__(text)
+        advice = hint(self.code, surface)
+        if advice:
+            text += f" Hint: {advice}"
+        return text
 
     @property
     def retryable(self) -> bool:
@@ -111,7 +179,10 @@ class MissingApiKey(WanxError):
     code = "MissingApiKey"
 
     def __init__(self) -> None:
-        super().__init__(
+        super().__init__(self.render())
+
+    def render(self, surface: Surface = AGENT) -> str:
+        return (
             "MissingApiKey: DASHSCOPE_API_KEY is not set. Create a key in the Alibaba Cloud Model Studio console "
-            "(keys are per region: set WANX_REGION too), or set WANX_SIMULATE=1 to try the free simulator."
+            f"(keys are per region: set WANX_REGION too), or {surface.simulator} to try the free simulator."
         )

@@ -44,7 +44,6 @@ NON_IMAGE_EXTENSIONS = frozenset({
 _MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
                  "image/x-ms-bmp": "image/bmp", "image/x-bmp": "image/bmp"}  # fmt: skip
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
-_FIX_HINT = "; fit_image=true fixes this"
 _JPEG_QUALITIES = (90, 80, 70, 60)
 _BASE64_CHUNK = 3 * 256 * 1024  # a multiple of 3, so the encoded pieces join into one valid base64 text
 
@@ -146,7 +145,7 @@ def _from_data_uri(text: str, limits: ImageLimits, fit: bool) -> PreparedImage:
     shown = _shorten(text, 48)
     cap = _input_cap(limits, fit)
     if len(text) > cap * 4 // 3 + cap // 50 + 1024:  # the base64 of `cap` bytes, line breaks and the header
-        raise _invalid(shown, f"data URI of {len(text)} characters: {_too_big(len(text) * 3 // 4, limits)}")
+        raise _too_big(shown, len(text) * 3 // 4, limits, f"data URI of {len(text)} characters: ")
     comma = text.find(",", 0, 256)
     params = text[5 : max(comma, 5)].lower().split(";")
     if not params[0].startswith("image/") or comma < 0:
@@ -278,13 +277,15 @@ def _input_cap(limits: ImageLimits, fit: bool) -> int:
 
 def _check_byte_size(shown: str, size: int, limits: ImageLimits, fit: bool) -> None:
     if size > _input_cap(limits, fit):
-        raise _invalid(shown, _too_big(size, limits))
+        raise _too_big(shown, size, limits)
 
 
-def _too_big(size: int, limits: ImageLimits) -> str:
+def _too_big(shown: str, size: int, limits: ImageLimits, what: str = "") -> InvalidInput:
     fit_cap = _input_cap(limits, fit=True)
-    hint = _FIX_HINT if size <= fit_cap else f" (fit_image re-encodes images up to {_size(fit_cap)})"
-    return f"is {size:,} bytes ({_size(size)}), over the {_size(limits.max_bytes)} limit of this model{hint}"
+    rule = f"{what}is {size:,} bytes ({_size(size)}), over the {_size(limits.max_bytes)} limit of this model"
+    if size <= fit_cap:
+        return _invalid(shown, rule, fixed_by="fit_image")
+    return _invalid(shown, f"{rule} (fit_image re-encodes images up to {_size(fit_cap)})")
 
 
 # --- checking and fitting the bytes --------------------------------------------------------------------
@@ -311,7 +312,7 @@ def _prepare_bytes(
     problems, fixable = _problems(probe, len(data), limits)
     valid = limits.formats if probe.format not in limits.formats else None
     if problems and not (fit and fixable):
-        raise _invalid(shown, "; ".join(problems) + (_FIX_HINT if fixable else ""), valid=valid)
+        raise _invalid(shown, "; ".join(problems), valid=valid, fixed_by="fit_image" if fixable else None)
     changes: list[str] = []
     if problems:
         data, probe, changes = _fit(data, probe, limits, shown)
@@ -513,8 +514,10 @@ def _save(img: Image.Image, fmt: str, saved: dict[str, bytes], quality: int) -> 
 # --- small helpers -------------------------------------------------------------------------------------
 
 
-def _invalid(shown: str, rule: str, valid: Iterable[object] | None = None) -> InvalidInput:
-    return InvalidInput("image", shown, rule, valid=valid)
+def _invalid(
+    shown: str, rule: str, valid: Iterable[object] | None = None, fixed_by: str | None = None
+) -> InvalidInput:
+    return InvalidInput("image", shown, rule, valid=valid, fixed_by=fixed_by)
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -1,11 +1,13 @@
 """The MCP server: thin wiring of the Wanx library to MCP tools, resources and a prompt."""
 
 
+import base64
 import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio
@@ -17,13 +19,14 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .catalog import PARAMS
 from .errors import InvalidInput, WanxError
 from .links import VideoLinks
+from .media import VideoError
 from .request import check_known, generation_args, invalid_input
 from .service import ModelInfo, Wanx, check_task_id
 from .tasks import Status, Task
@@ -41,7 +44,9 @@ Generation is asynchronous, takes 1-5 minutes and is paid per second of video (s
 Use generate_and_wait for one video: it waits up to wait_seconds and, if the video is not ready by then,
 returns the still-running task with a hint; then call get_task(task_id, wait_seconds=50) until it is final.
 The server keeps watching every task and downloads the finished MP4 (video_path) before DashScope's link
-expires (24 h), even if your call was cancelled. Never resubmit a task just because a wait ran out: that
+expires (24 h), even if your call was cancelled. A finished task comes with a contact sheet of the video's
+frames (an image) to check that it shows what was asked; `video` gives its size, length and frame rate, and
+notes say where it contradicts the request. Never resubmit a task just because a wait ran out: that
 costs money twice. Errors start with a code: InvalidInput means nothing was sent (fix the named argument).
 """
 
@@ -56,6 +61,10 @@ PLAYER_TOOL_META = {"ui": {"resourceUri": PLAYER_URI}, "ui/resourceUri": PLAYER_
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: A Task as structured output, with the Task JSON as text and, when there is one, the preview image.
+TaskResult = Annotated[CallToolResult, Task]
+PreviewArg = Annotated[bool, Field(description="Once the video is saved, also return a contact sheet of its frames")]
 
 
 class TaskList(BaseModel):
@@ -79,9 +88,10 @@ def _tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., Awaitable[Task]]:
+def _with_generation_args(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Give ``fn(args: dict, **rest)`` a flat signature: the catalog's generation arguments, then ``rest``."""
-    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "args"]
+    signature = inspect.signature(fn)
+    own = [p for name, p in signature.parameters.items() if name != "args"]
     fields = generation_args().model_fields
     generation = [
         inspect.Parameter(
@@ -94,13 +104,14 @@ def _with_generation_args(fn: Callable[..., Awaitable[Task]]) -> Callable[..., A
     ]
 
     @functools.wraps(fn)
-    async def wrapper(**kwargs: Any) -> Task:
+    async def wrapper(**kwargs: Any) -> R:
         args = {name: kwargs.pop(name) for name in PARAMS if name in kwargs}
         return await fn(args=args, **kwargs)
 
     params = [*generation, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
-    wrapper.__signature__ = inspect.Signature(params, return_annotation=Task)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": Task}
+    returns = signature.return_annotation
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
     return wrapper
 
 
@@ -213,6 +224,26 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
 
     wanx.watcher.on_change = publish
 
+    async def preview_image(task: Task) -> ImageContent | None:
+        """The contact sheet of a SUCCEEDED task's saved video, if it can be had."""
+        saved = task.video_path if task.status is Status.SUCCEEDED else None
+        if not saved or not await anyio.Path(saved).is_file():
+            return None  # nothing saved on this machine (yet)
+        try:
+            sheet = await wanx.media.preview(Path(saved))
+        except (VideoError, OSError) as exc:
+            log.warning("no preview for %s: %s", task.task_id, exc)
+            return None
+        return ImageContent(type="image", data=base64.b64encode(sheet).decode("ascii"), mime_type="image/jpeg")
+
+    async def task_result(task: Task, preview: bool) -> CallToolResult:
+        """``task`` as structured output and JSON text, followed by its preview image when asked and enabled."""
+        content: list[ContentBlock] = [TextContent(type="text", text=task.model_dump_json(indent=2))]
+        image = await preview_image(task) if preview and wanx.settings.preview else None
+        if image is not None:
+            content.append(image)
+        return CallToolResult(content=content, structured_content=task.model_dump(mode="json"))
+
     def check_wait(wait_seconds: float) -> float:
         if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
             raise ToolError(f"InvalidInput: wait_seconds={wait_seconds!r}: must be between 0 and {MAX_WAIT_SECONDS:g}")
@@ -245,14 +276,16 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
             float,
             Field(description="Seconds to wait (below MCP clients' ~60 s timeout); then the running task returns"),
         ] = wait_default,
-    ) -> Task:
+        preview: PreviewArg = True,
+    ) -> TaskResult:
         """Generate a video (paid per second of video) and wait for it, with progress.
 
-        Returns the final task (video_path: the saved MP4) or, if wait_seconds run out, the running task: then
-        call get_task(task_id, wait_seconds=50); never resubmit (that pays twice). InvalidInput: nothing was sent.
+        Returns the final task (video_path: the saved MP4; with a contact sheet of its frames) or, if wait_seconds
+        run out, the running task: then call get_task(task_id, wait_seconds=50); never resubmit (that pays twice).
+        InvalidInput: nothing was sent.
         """
         task = await wanx.generate(args, check_wait(wait_seconds), _progress_reporter(ctx))
-        return linked(task, ctx)
+        return await task_result(linked(task, ctx), preview)
 
     @tool(
         title="Get (and optionally wait for) a task",
@@ -264,9 +297,12 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
         task_id: str,
         ctx: Context,
         wait_seconds: Annotated[float, Field(description="Wait up to this long for the final result")] = 0,
-    ) -> Task:
-        """A task's status and results (video_path, video_url, actual_prompt, error_code), with progress."""
-        return linked(await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx)), ctx)
+        preview: PreviewArg = True,
+    ) -> TaskResult:
+        """A task's status and results (video_path, video facts, video_url, actual_prompt, error_code), with
+        progress, and a contact sheet of the video's frames once it is saved."""
+        task = await wanx.get(task_id, check_wait(wait_seconds), _progress_reporter(ctx))
+        return await task_result(linked(task, ctx), preview)
 
     @tool(
         title="Cancel a pending task",
@@ -332,16 +368,19 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
             raise ResourceNotFoundError(f"No task {task_id} in the journal")
         return task
 
+    async def saved_video(task_id: str) -> anyio.Path:
+        task = journaled(task_id)
+        if not task.video_path or not await anyio.Path(task.video_path).is_file():
+            raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
+        return anyio.Path(task.video_path)
+
     @server.resource("wanx://tasks/{task_id}", mime_type="application/json", title="One task")
     async def task_resource(task_id: str) -> str:
         return journaled(task_id).model_dump_json(indent=2)
 
     @server.resource("wanx://tasks/{task_id}/video", mime_type="video/mp4", title="A task's video")
     async def video_resource(task_id: str) -> bytes:
-        task = journaled(task_id)
-        path = anyio.Path(task.video_path) if task.video_path else None
-        if path is None or not await path.is_file():
-            raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
+        path = await saved_video(task_id)
         size = (await path.stat()).st_size
         if size > MAX_VIDEO_RESOURCE_BYTES:
             raise ResourceError(
@@ -350,6 +389,15 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
                 f"video_path on the server's machine"
             )
         return await path.read_bytes()
+
+    @server.resource("wanx://tasks/{task_id}/preview", mime_type="image/jpeg", title="A task's video, frame by frame")
+    async def preview_resource(task_id: str) -> bytes:
+        """A contact sheet of the saved video: frames spread over it, each with its time."""
+        video = await saved_video(task_id)
+        try:
+            return await wanx.media.preview(Path(video))
+        except (VideoError, OSError) as exc:
+            raise ResourceNotFoundError(f"Task {task_id} has no preview: {exc}") from exc
 
     @server.prompt(title="Write a motion prompt")
     async def motion_prompt(

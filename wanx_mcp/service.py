@@ -21,6 +21,7 @@ from .dashscope import DashScopeClient, TaskListItem
 from .errors import InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .journal import Journal
+from .media import Media
 from .request import VideoRequest, build_request
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
 from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
@@ -178,11 +179,19 @@ def check_task_id(task_id: str) -> str:
 class Wanx:
     """Submits and follows video tasks; open one with ``async with Wanx.open(settings) as wanx``."""
 
-    def __init__(self, settings: Settings, client: DashScopeClient, journal: Journal, watcher: Watcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: DashScopeClient,
+        journal: Journal,
+        watcher: Watcher,
+        media: Media | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.journal = journal
         self.watcher = watcher
+        self.media = media or Media()
 
     @classmethod
     @asynccontextmanager
@@ -199,22 +208,28 @@ class Wanx:
         """
         settings = settings or load_settings()
         async with AsyncExitStack() as stack:
+            journal = Journal(settings.journal_path)  # first: it reports an unusable data folder clearly
+            stack.callback(journal.close)
             if settings.simulate:
                 from .simulator import SimulatorConfig, running_simulator
 
-                sim = stack.enter_context(running_simulator(SimulatorConfig(speed=settings.simulator_speed)))
+                remembered = SimulatorConfig(
+                    speed=settings.simulator_speed, state_path=settings.data_dir / "simulator.sqlite3"
+                )
+                sim = stack.enter_context(running_simulator(remembered))
                 settings = settings.simulated(sim.base_url, sim.speed)
-            journal = Journal(settings.journal_path)
-            stack.callback(journal.close)
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **(client_options or {})))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
-            watcher = Watcher(client, journal, settings, downloads, on_change=on_change)
+            media = Media()
+            watcher = Watcher(
+                client, journal, settings, downloads, on_change=on_change, check_video=media.check_download
+            )
             client.refresh_holders = watcher.refresh
             failure: BaseException | None = None
             async with anyio.create_task_group() as group:
                 await group.start(watcher.run)
                 try:
-                    yield cls(settings, client, journal, watcher)
+                    yield cls(settings, client, journal, watcher, media)
                 except BaseException as exc:  # re-raised below, outside the group, so it is not wrapped
                     failure = exc
                 finally:
@@ -234,7 +249,7 @@ class Wanx:
                     source, request.spec.image, allowed_dirs=self.settings.allowed_dirs, fit=request.fit_image
                 )
             except InvalidInput as exc:  # the image checks name the first frame
-                raise InvalidInput(slot, exc.value, exc.rule, exc.valid) from None
+                raise InvalidInput(slot, exc.value, exc.rule, exc.valid, fixed_by=exc.fixed_by) from None
         return prepared
 
     async def _prepared_urls(self, request: VideoRequest) -> dict[str, str]:

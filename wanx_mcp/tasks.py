@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .errors import AGENT, Surface, hint
+
 
 class Status(StrEnum):
     PENDING = "PENDING"
@@ -37,6 +39,17 @@ def parse_iso(text: str | None) -> datetime | None:
     return None if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+class VideoFacts(BaseModel):
+    """What the saved MP4 turned out to be (probed after download)."""
+
+    width: int = Field(description="pixels")
+    height: int = Field(description="pixels")
+    duration_s: float = Field(description="seconds")
+    fps: float = Field(description="frames per second")
+    codec: str = Field(description="video codec, e.g. h264")
+    bytes: int = Field(description="file size")
+
+
 class Task(BaseModel):
     """One video generation as wanx-mcp knows it."""
 
@@ -56,6 +69,7 @@ class Task(BaseModel):
     video_url: str | None = Field(None, description="DashScope's link to the MP4; expires 24 hours after generation")
     video_url_expires_at: str | None = Field(None, description="ISO 8601 UTC")
     video_path: str | None = Field(None, description="the downloaded MP4 on this machine, once downloaded")
+    video: VideoFacts | None = Field(None, description="size, length, frame rate and codec of the saved video")
     video_link: str | None = Field(
         None, description="HTTP transport: this server's own signed link to the saved MP4 (valid 24 h; range requests)"
     )
@@ -75,15 +89,18 @@ class Task(BaseModel):
         return self.status.is_final
 
 
-def hint_for(task: Task, seconds_left: float | None = None) -> str:
-    """One sentence telling an agent what to do next with ``task``."""
-    from .errors import HINTS
-
+def hint_for(task: Task, seconds_left: float | None = None, surface: Surface = AGENT) -> str:
+    """One sentence telling the reader (an agent unless ``surface`` says otherwise) what to do next with ``task``."""
     if not task.is_final:
         left = f" (about {int(seconds_left)} s left)" if seconds_left else ""
+        if surface.cli:
+            return (
+                f"The video is still being generated{left}; the task is journaled. "
+                f"{surface.wait_for(task.task_id)} to wait for it and download the video."
+            )
         return (
             f"The video is still being generated{left}; the server keeps watching it and will download it. "
-            f"Call get_task(task_id='{task.task_id}', wait_seconds=50) to wait for the result."
+            f"{surface.wait_for(task.task_id)} to wait for the result."
         )
     if task.status is Status.SUCCEEDED:
         if task.video_path:
@@ -100,4 +117,4 @@ def hint_for(task: Task, seconds_left: float | None = None) -> str:
             " or older than 24 h."
         )
     fallback = "The generation failed (not billed); try again, perhaps with another prompt."
-    return HINTS.get(task.error_code or "", fallback)
+    return hint(task.error_code or "", surface) or fallback

@@ -33,6 +33,9 @@ DOWNLOAD_TIMEOUT = 600.0
 DASHSCOPE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 ChangeListener = Callable[[Task], Awaitable[None]]
+#: Checks a finished download (temporary file, final path): the change to make to its task with what it found
+#: (video facts, notes); raises ValueError when the file is not a playable video.
+VideoCheck = Callable[[Path, Path], Awaitable[Callable[[Task], Task]]]
 
 
 def _upstream_time(text: str | None) -> datetime | None:
@@ -92,8 +95,10 @@ class Watcher:
         settings: Settings,
         downloads: httpx.AsyncClient,
         on_change: ChangeListener | None = None,
+        check_video: VideoCheck | None = None,
     ) -> None:
         self._client = client
+        self._check_video = check_video
         self._journal = journal
         self._settings = settings
         self._downloads = downloads
@@ -228,6 +233,13 @@ class Watcher:
         """Save the video. A failure that may pass (network, server, full disk) is retried until the link
         expires, backing off to DOWNLOAD_MAX_BACKOFF; after DOWNLOAD_ATTEMPTS of them the task's notes say so."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
+        amend: Callable[[Task], Task] | None = None
+
+        async def verify(part: Path) -> None:
+            nonlocal amend
+            if self._check_video is not None:
+                amend = await self._check_video(part, dest)
+
         for attempt in itertools.count(1):
             expires = parse_iso(task.video_url_expires_at)
             if not task.video_url or (expires and expires <= utcnow()):
@@ -236,7 +248,7 @@ class Watcher:
             try:
                 await download_video(
                     self._downloads, task.video_url, dest, allowed_hosts=self._settings.download_hosts,
-                    timeout=DOWNLOAD_TIMEOUT,
+                    timeout=DOWNLOAD_TIMEOUT, verify=verify,
                 )
             except DownloadError as exc:
                 self._journal.note_download_failure(task.task_id, str(exc))
@@ -249,7 +261,8 @@ class Watcher:
                 log.warning("download of %s failed (attempt %d): %s", task.task_id, attempt, exc)
                 await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** min(attempt - 1, 20), DOWNLOAD_MAX_BACKOFF))
                 continue
-            await self._changed_to(task.model_copy(update={"video_path": str(Path(dest))}))  # notes as before
+            saved = amend(task) if amend is not None else task
+            await self._changed_to(saved.model_copy(update={"video_path": str(Path(dest))}))  # notes as before
             return
 
 

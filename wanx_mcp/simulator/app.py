@@ -24,6 +24,7 @@ from .responses import ConnectionDropped, CutResponse, api_error, api_json, oss_
 from .rules import FIRST_FRAME, KEYFRAMES
 from .state import REQUEST_AGENT, SimulatorState
 from .tasks import SimTask
+from .videos import VideoCache, render_task
 
 API = "/api/v1"
 ENDLESS_CHUNK = 256 * 1024
@@ -32,7 +33,7 @@ ADMIN = "/_simulator"
 
 @cache
 def sample_video() -> bytes:
-    """The MP4 every successful task produces."""
+    """The MP4 every successful task produces when the simulator does not render (320x240, H.264)."""
     return (files("wanx_mcp.simulator") / "assets" / "sample.mp4").read_bytes()
 
 
@@ -118,6 +119,21 @@ def create_app(state: SimulatorState) -> Starlette:
             return CutResponse(video[:1024], len(video), "video/mp4")
         return CutResponse(b'{"request_id": "', 4096, "application/json")
 
+    videos = VideoCache()
+
+    async def result_video(task: SimTask) -> bytes:
+        """The task's MP4: rendered from its images once (in a worker thread), or the sample."""
+        config = state.config
+        if not config.render:
+            return sample_video()
+
+        def render() -> bytes:
+            images = state.images(task)
+            seconds = task.request.duration
+            return render_task(images, task.resolution, seconds, fps=config.fps, scale=config.render_scale)
+
+        return await anyio.to_thread.run_sync(videos.get, task.task_id, render)
+
     async def endless(video: bytes) -> AsyncIterator[bytes]:
         """The video, then filler bytes, forever (until the client goes away or the simulator stops)."""
         yield video
@@ -133,7 +149,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return key.strip()
 
     def video_url(request: Request, task: SimTask) -> str:
-        expires = int(state.clock.wall(state.video_expires_at(task)))
+        expires = int(state.video_expires_at(task))
         root = (state.config.video_base_url or str(request.base_url)).rstrip("/")
         return f"{root}/results/{task.task_id}.mp4?Expires={expires}&Signature=sim"
 
@@ -197,7 +213,7 @@ def create_app(state: SimulatorState) -> Starlette:
             return oss_error(404, "NoSuchKey", "The specified key does not exist.")
         if state.clock.now() > state.video_expires_at(task):
             return oss_error(403, "AccessDenied", "Request has expired.")
-        video = sample_video()
+        video = await result_video(task)
         fault = state.faults.take("download", before=False)
         if fault is None:
             return Response(video, media_type="video/mp4")

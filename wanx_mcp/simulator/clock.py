@@ -1,4 +1,7 @@
-"""One time base for the simulator: monotonic seconds, shown as wall-clock times in DashScope's formats."""
+"""One time base for the simulator: wall-clock epoch seconds, shown in DashScope's formats.
+
+Wall-clock time, not monotonic, so that simulator processes sharing a state file agree on every instant.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +10,29 @@ from datetime import datetime, timedelta, timezone
 
 
 class Clock:
-    """Monotonic time (``now``) mapped onto the wall clock of the moment the simulator started."""
+    """Epoch seconds (``now``), presented in the simulated region's time zone."""
 
     def __init__(self, utc_offset_hours: float) -> None:
-        self._mono0 = time.monotonic()
-        self._wall0 = time.time()
+        self._mono_offset = time.time() - time.monotonic()
         self.zone = timezone(timedelta(hours=utc_offset_hours))
 
     @staticmethod
     def now() -> float:
-        return time.monotonic()
-
-    def wall(self, mono: float) -> float:
-        """Epoch seconds of the monotonic instant ``mono``."""
-        return self._wall0 + (mono - self._mono0)
+        return time.time()
 
     def mono(self, wall: float) -> float:
-        return self._mono0 + (wall - self._wall0)
+        """This process's ``time.monotonic()`` reading at the epoch instant ``wall``."""
+        return wall - self._mono_offset
 
-    def stamp(self, mono: float) -> str:
+    def stamp(self, wall: float) -> str:
         """``YYYY-MM-DD HH:mm:ss.SSS`` in the simulated region's time zone."""
-        moment = datetime.fromtimestamp(self.wall(mono), self.zone)
+        moment = datetime.fromtimestamp(wall, self.zone)
         return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
-    def epoch_ms(self, mono: float) -> int:
-        return round(self.wall(mono) * 1000)
+    @staticmethod
+    def epoch_ms(wall: float) -> int:
+        return round(wall * 1000)
 
     def parse_compact(self, text: str) -> float:
-        """The monotonic instant of a ``YYYYMMDDhhmmss`` query time; ValueError if malformed."""
-        moment = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=self.zone)
-        return self.mono(moment.timestamp())
+        """The epoch instant of a ``YYYYMMDDhhmmss`` query time; ValueError if malformed."""
+        return datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=self.zone).timestamp()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import SIMULATOR_KEY
 from .rules import FAMILIES, Family
@@ -36,6 +37,12 @@ class SimulatorConfig:
     - ``utc_offset_hours``/``region``: how timestamps and task lists present the simulated region.
     - ``video_base_url``: where result-video links point instead of the simulator itself, e.g.
       ``"https://evil.example.com"``, to test that downloads refuse hosts that are not allowed.
+    - ``state_path``: a SQLite file keeping the tasks (and their images) across simulator processes,
+      shared by every simulator that names it (see state.py); None keeps everything in memory.
+    - ``render``: make each result video from the task's submitted image(s) (see videos.py) at the
+      delivered resolution, the requested duration and ``fps`` frames per second (16, as Wan 2.1/2.2);
+      False serves one fixed sample MP4 (320x240), which is faster.
+    - ``render_scale``: shrink rendered videos by this factor after the size rule (e.g. 0.25 in tests).
     """
 
     speed: float = 1.0
@@ -50,10 +57,18 @@ class SimulatorConfig:
     utc_offset_hours: float = 8.0
     region: str = "cn-beijing"
     video_base_url: str | None = None
+    state_path: Path | None = None
+    render: bool = True
+    render_scale: float = 1.0
+    fps: int = 16
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ValueError(f"speed must be positive, not {self.speed}")
+        if not 0 < self.render_scale <= 1:
+            raise ValueError(f"render_scale must be in (0, 1], not {self.render_scale}")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, not {self.fps}")
         if self.expiry_seconds <= 0:
             raise ValueError(f"expiry_seconds must be positive, not {self.expiry_seconds}")
         unknown = set(self.limits) - set(FAMILIES)

@@ -3,16 +3,24 @@
 Transitions are computed, not polled: every call first advances all tasks to "now" by replaying the
 starts and ends that fell due, earliest first, so each task's end time is exact whenever anyone looks.
 Thread-safe: the server thread and the test (or embedding) thread share one state.
+
+With ``SimulatorConfig.state_path`` the tasks, their images, running slots and submission windows live in
+a SQLite file (store.py) that several simulator processes may share, as DashScope remembers tasks for 24 h:
+every call reads the file's latest state under its lock and writes its changes back. Counts, the request
+log, faults and ``hold_pending`` stay per process.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +30,7 @@ from .config import SimulatorConfig
 from .errors import ApiError, invalid, message_for
 from .faults import Fault, FaultQueue
 from .rules import FIRST_FRAME
+from .store import StateFile
 from .tasks import SimTask
 from .validation import validate_create
 
@@ -31,6 +40,9 @@ LOG_SIZE = 1000
 COUNTS = ("creates_received", "tasks_created", "status_gets", "cancels", "lists", "downloads", "throttled")
 REQUEST_AGENT: ContextVar[str | None] = ContextVar("REQUEST_AGENT", default=None)
 STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
+PRUNE_AFTER = 60.0
+FINAL = ("SUCCEEDED", "FAILED", "CANCELED")
+LaneKey = tuple[str, str]
 
 
 def _finish(task: SimTask) -> float:
@@ -39,15 +51,18 @@ def _finish(task: SimTask) -> float:
 
 @dataclass
 class _Lane:
-    """The tasks of one account and one rate-limit family, which share its running slots."""
+    """The tasks of one account and one rate-limit family, which share its running slots and its
+    submissions per second (``submitted``: the times of the latest ones)."""
 
     slots: int
     pending: deque[SimTask] = field(default_factory=deque)
     running: list[SimTask] = field(default_factory=list)
     last_event: float = -math.inf
+    submitted: deque[float] = field(default_factory=deque)
 
-    def advance(self, now: float, *, hold: bool) -> None:
-        """Apply every end (and, unless ``hold``, every start) due by ``now``, earliest first."""
+    def advance(self, now: float, *, hold: bool, changed: set[str]) -> None:
+        """Apply every end (and, unless ``hold``, every start) due by ``now``, earliest first; add the ids of
+        the tasks that changed to ``changed``."""
         while True:
             ending = min(self.running, key=_finish, default=None)
             end_at = _finish(ending) if ending else math.inf
@@ -60,13 +75,22 @@ class _Lane:
                 self.running.remove(ending)
                 ending.ended_at = end_at
                 ending.status = "FAILED" if ending.failure_code else "SUCCEEDED"
+                changed.add(ending.task_id)
                 self.last_event = end_at
             elif head:
                 self.pending.popleft()
                 head.started_at = start_at
                 head.status = "RUNNING"
+                changed.add(head.task_id)
                 self.running.append(head)
                 self.last_event = start_at
+
+    def row(self) -> dict[str, Any]:
+        return {"last_event": self.last_event, "submitted": list(self.submitted)}
+
+
+def _lane_name(key: LaneKey) -> str:
+    return json.dumps(list(key))
 
 
 class SimulatorState:
@@ -78,19 +102,123 @@ class SimulatorState:
         self.faults = FaultQueue()
         self.stopping = threading.Event()
         self._lock = threading.RLock()
-        self.reset()
+        self._file = None if self.config.state_path is None else StateFile(self.config.state_path)
+        self._version = -1
+        self._in_session = False
+        self._forget()
+        self._forget_local()
+
+    def _forget(self) -> None:
+        self._tasks: dict[str, SimTask] = {}
+        self._lanes: dict[LaneKey, _Lane] = {}
+        self._images: dict[str, dict[str, str]] = {}
+        self._changed: set[str] = set()
+        self._saved_lanes: dict[LaneKey, dict[str, Any]] = {}
+
+    def _forget_local(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._requests: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
+        self._rng = random.Random(self.config.seed)
+        self._hold = self.config.hold_pending
+        self.faults.clear()
 
     def reset(self) -> None:
-        """Forget every task, fault, count and logged request; back to the config's hold setting."""
+        """Forget every task (in the state file too), fault, count and logged request; back to the config's
+        hold setting."""
         with self._lock:
-            self._tasks: dict[str, SimTask] = {}
-            self._lanes: dict[tuple[str, str], _Lane] = {}
-            self._windows: dict[tuple[str, str], deque[float]] = {}
-            self._counts: Counter[str] = Counter()
-            self._requests: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
-            self._rng = random.Random(self.config.seed)
-            self._hold = self.config.hold_pending
-            self.faults.clear()
+            if self._file is not None:
+                with self._file.transaction():
+                    self._file.clear()
+                    self._version = self._file.bump()
+            self._forget()
+            self._forget_local()
+
+    @contextmanager
+    def _session(self) -> Iterator[float]:
+        """Hold the state (and the state file's lock), advanced to now; save what changed at the end, also
+        when the block raises ApiError (an answer, not a failure)."""
+        with self._lock:
+            if self._file is None or self._in_session:
+                now = self.clock.now()
+                self._advance(now)
+                yield now
+                return
+            self._in_session = True
+            try:
+                with self._file.transaction():
+                    if self._file.version() != self._version:
+                        self._load()
+                    now = self.clock.now()
+                    self._advance(now)
+                    try:
+                        yield now
+                    except ApiError as exc:
+                        answer: ApiError | None = exc
+                    else:
+                        answer = None
+                    self._save(now)
+            except BaseException:
+                self._version = -1  # memory may now be ahead of the file: reload next time
+                raise
+            finally:
+                self._in_session = False
+            if answer is not None:
+                raise answer
+
+    def _load(self) -> None:
+        assert self._file is not None
+        self._forget()
+        for row in self._file.tasks():
+            task = SimTask.from_row(row)
+            self._tasks[task.task_id] = task
+        for name, row in self._file.lanes().items():
+            account, family = json.loads(name)
+            lane = self._lane(account, family)
+            lane.last_event, lane.submitted = row["last_event"], deque(row["submitted"])
+            self._saved_lanes[(account, family)] = row
+        for task in sorted(self._tasks.values(), key=lambda task: task.submitted_at):
+            if task.status in ("PENDING", "RUNNING"):
+                lane = self._lane(task.account, task.family)
+                (lane.pending.append if task.status == "PENDING" else lane.running.append)(task)
+        self._version = self._file.version()
+
+    def _save(self, now: float) -> None:
+        assert self._file is not None
+        gone = self._prune(now)
+        changed = [(task_id, self._tasks[task_id].to_row()) for task_id in self._changed if task_id in self._tasks]
+        self._changed.clear()
+        changed_lanes = []
+        for key, lane in self._lanes.items():
+            if (row := lane.row()) != self._saved_lanes.get(key):
+                changed_lanes.append((key, row))
+                self._saved_lanes[key] = row
+        if not (gone or changed or changed_lanes or self._images):
+            return
+        self._file.drop_tasks(gone)
+        self._file.put_tasks((task_id, json.dumps(row)) for task_id, row in changed)
+        self._file.put_lanes((_lane_name(key), json.dumps(row)) for key, row in changed_lanes)
+        for task_id, images in self._images.items():
+            self._file.put_images(task_id, images)
+        self._images.clear()
+        self._version = self._file.bump()
+
+    def _prune(self, now: float) -> list[str]:
+        """Forget final tasks whose video expired one lifetime (at least a minute) ago: their ids and links
+        are long dead."""
+        lifetime = max(self.config.real_seconds(self.config.expiry_seconds), PRUNE_AFTER)
+        gone = [
+            task_id
+            for task_id, task in self._tasks.items()
+            if task.status in FINAL and now > self.video_expires_at(task) + lifetime
+        ]
+        for task_id in gone:
+            del self._tasks[task_id]
+            self._images.pop(task_id, None)
+        return gone
+
+    def _lane(self, account: str, family: str) -> _Lane:
+        slots = self.config.rate_limit(family).running_tasks
+        return self._lanes.setdefault((account, family), _Lane(slots=slots))
 
     @property
     def hold_pending(self) -> bool:
@@ -99,9 +227,7 @@ class SimulatorState:
 
     @hold_pending.setter
     def hold_pending(self, hold: bool) -> None:
-        with self._lock:
-            now = self.clock.now()
-            self._advance(now)
+        with self._session() as now:
             if self._hold and not hold:
                 for lane in self._lanes.values():
                     lane.last_event = max(lane.last_event, now)
@@ -121,10 +247,9 @@ class SimulatorState:
 
     def stats(self) -> dict[str, Any]:
         """Request counts (``creates_received``..., ``throttled``: 429s answered), ``requests`` (the latest
-        1000: method, path, status, agent (User-Agent), at (epoch seconds)),
-        ``tasks`` (task id -> model, status, transition times) and the pending ``faults``."""
-        with self._lock:
-            self._advance(self.clock.now())
+        1000: method, path, status, agent (User-Agent), at (epoch seconds)), ``tasks`` (task id -> model,
+        status, transition times, ``input_fields`` and ``parameters`` sent) and the pending ``faults``."""
+        with self._session():
             return {
                 **{kind: self._counts[kind] for kind in COUNTS},
                 "requests": list(self._requests),
@@ -143,17 +268,14 @@ class SimulatorState:
         ApiError on 400 and 429. ``authorization`` is the request's header, for the ``echo_auth`` fault."""
         request = validate_create(body, endpoint)
         account = self.config.account(key)
-        with self._lock:
-            now = self.clock.now()
-            self._advance(now)
+        with self._session() as now:
             family = request.rule.family.name
-            limits = self.config.rate_limit(family)
-            window = self._windows.setdefault((account, family), deque())
-            while window and window[0] <= now - RATE_WINDOW:
-                window.popleft()
-            if len(window) >= limits.submissions_per_second:
+            lane = self._lane(account, family)
+            while lane.submitted and lane.submitted[0] <= now - RATE_WINDOW:
+                lane.submitted.popleft()
+            if len(lane.submitted) >= self.config.rate_limit(family).submissions_per_second:
                 raise ApiError(429, "Throttling.RateQuota")
-            window.append(now)
+            lane.submitted.append(now)
             jitter = self._rng.uniform(0.8, 1.2) if self.config.jitter else 1.0
             rule = request.rule
             simulated = rule.typical_seconds * request.duration / rule.default_duration * jitter
@@ -179,17 +301,17 @@ class SimulatorState:
             elif code := request.marker_code:
                 task.failure_code, task.failure_message = code, message_for(code)
             self._tasks[task.task_id] = task
-            lane = self._lanes.setdefault((account, family), _Lane(slots=limits.running_tasks))
+            if self._file is not None:
+                self._images[task.task_id] = request.images
             lane.pending.append(task)
-            lane.advance(now, hold=self._hold)
+            self._changed.add(task.task_id)
+            lane.advance(now, hold=self._hold, changed=self._changed)
             self._counts["tasks_created"] += 1
             return task, fault
 
     def get(self, key: str, task_id: str) -> SimTask | None:
         """The task as it is now, or None when it does not exist for this key's account or has expired."""
-        with self._lock:
-            now = self.clock.now()
-            self._advance(now)
+        with self._session() as now:
             task = self._tasks.get(task_id)
             if task is None or task.account != self.config.account(key) or self._expired(task.submitted_at, now):
                 return None
@@ -197,7 +319,7 @@ class SimulatorState:
 
     def cancel(self, key: str, task_id: str) -> None:
         """Cancel a PENDING task; ApiError(400 UnsupportedOperation) for any other."""
-        with self._lock:
+        with self._session() as now:
             task = self.get(key, task_id)
             if task is None or task.status != "PENDING":
                 raise ApiError(
@@ -207,13 +329,12 @@ class SimulatorState:
                 )
             self._lanes[(task.account, task.family)].pending.remove(task)
             task.status = "CANCELED"
-            task.ended_at = self.clock.now()
+            task.ended_at = now
+            self._changed.add(task.task_id)
 
     def list_tasks(self, key: str, query: dict[str, str]) -> dict[str, Any]:
         """``GET /tasks/`` for ``key``'s account: filtered, newest first, paged; ApiError on bad parameters."""
-        with self._lock:
-            now = self.clock.now()
-            self._advance(now)
+        with self._session() as now:
             try:
                 parse = self.clock.parse_compact
                 end = parse(query["end_time"]) if query.get("end_time") else now
@@ -254,19 +375,29 @@ class SimulatorState:
 
     def video_task(self, task_id: str) -> SimTask | None:
         """The SUCCEEDED task whose video this is, expired or not (None: there is no such video)."""
-        with self._lock:
-            self._advance(self.clock.now())
+        with self._session():
             task = self._tasks.get(task_id)
             return task if task is not None and task.status == "SUCCEEDED" else None
 
+    def images(self, task: SimTask) -> dict[str, str]:
+        """The image URLs the task was created with, by input field (also from another process's state)."""
+        with self._lock:
+            if task.request.images or self._file is None:
+                return task.request.images
+            with self._file.transaction():
+                return self._file.images(task.task_id)
+
     def video_expires_at(self, task: SimTask) -> float:
-        """The monotonic instant after which the task's video URL answers 403."""
+        """The epoch instant after which the task's video URL answers 403."""
         ended = task.submitted_at if task.ended_at is None else task.ended_at
         return ended + self.config.real_seconds(self.config.expiry_seconds)
 
     def _advance(self, now: float) -> None:
         for lane in self._lanes.values():
-            lane.advance(now, hold=self._hold)
+            lane.advance(now, hold=self._hold, changed=self._changed)
+        if self._file is None:
+            self._changed.clear()  # nothing to save
+            self._prune(now)
 
     def _expired(self, since: float, now: float) -> bool:
         return now > since + self.config.real_seconds(self.config.expiry_seconds)

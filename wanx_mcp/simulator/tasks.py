@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import quote
 
 from .clock import Clock
+from .rules import find_rule
 from .validation import TaskSpec
 
 
@@ -23,7 +24,7 @@ def extend_prompt(prompt: str) -> str:
 
 @dataclass(eq=False)
 class SimTask:
-    """One task; times are monotonic seconds (see Clock), durations real seconds."""
+    """One task; times are epoch seconds (see Clock), durations real seconds."""
 
     task_id: str
     key: str
@@ -118,21 +119,36 @@ class SimTask:
         return item
 
     def record(self, clock: Clock) -> dict[str, Any]:
-        """What the stats show: model, status and every transition time (epoch seconds)."""
-
-        def wall(mono: float | None) -> float | None:
-            return None if mono is None else clock.wall(mono)
-
+        """What the stats show: model, status, every transition time (epoch seconds) and what was sent."""
         succeeded = self.ended_at if self.status == "SUCCEEDED" else None
         return {
             "model": self.request.rule.name,
             "status": self.status,
             "run_seconds": self.run_seconds,
-            "created_at": wall(self.submitted_at),
-            "started_at": wall(self.started_at),
-            "ended_at": wall(self.ended_at),
-            "succeeded_at": wall(succeeded),
-            "succeeded_monotonic": succeeded,
+            "created_at": self.submitted_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "succeeded_at": succeeded,
+            "succeeded_monotonic": None if succeeded is None else clock.mono(succeeded),
             "input_fields": list(self.request.input_fields),
             "parameters": self.request.parameters,
         }
+
+    def to_row(self) -> dict[str, Any]:
+        """The task as JSON-able data (its images are kept apart, see SimulatorState.images)."""
+        row = {name: getattr(self, name) for name in TASK_FIELDS}
+        row["request"] = {name: getattr(self.request, name) for name in SPEC_FIELDS}
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SimTask:
+        spec = dict(row["request"])
+        rule = find_rule(spec["model_name"])
+        if rule is None:
+            raise ValueError(f"unknown model {spec['model_name']!r} in the simulator's state file")
+        spec["input_fields"] = tuple(spec["input_fields"])
+        return cls(**{**row, "request": TaskSpec(rule=rule, **spec)})
+
+
+TASK_FIELDS = tuple(f.name for f in fields(SimTask) if f.name != "request")
+SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec) if f.name not in ("rule", "images"))
