@@ -73,8 +73,9 @@ def child_env() -> dict[str, str]:
 def simulator(
     speed: float, *, jitter: bool = True, seed: int = 0, limits: dict[str, Any] | None = None
 ) -> Iterator[Sim]:
-    """A fresh simulator process (``limits``: family -> FamilyLimits fields)."""
-    config = {"speed": speed, "jitter": jitter, "seed": seed, "limits": limits or {}}
+    """A fresh simulator process (``limits``: family -> FamilyLimits fields) serving its fixed sample video (no
+    rendering from the submitted image: the clients are measured, not the simulator)."""
+    config = {"speed": speed, "jitter": jitter, "seed": seed, "limits": limits or {}, "render": False}
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.simproc", json.dumps(config)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(),

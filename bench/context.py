@@ -190,14 +190,24 @@ def wanx_command() -> list[str]:
     return [sys.executable, "-m", "wanx_mcp"]
 
 
-async def final_result(env: dict[str, str], image: Path) -> str:
-    """The text content of a SUCCEEDED ``generate_and_wait`` of wanx-mcp (started with ``env``, simulated)."""
+@dataclass(frozen=True)
+class FinalResult:
+    """The content of a SUCCEEDED ``generate_and_wait``: its text, and its other blocks (type, size of the JSON)."""
+
+    text: str
+    others: list[tuple[str, int]]
+
+
+async def final_result(env: dict[str, str], image: Path) -> FinalResult:
+    """The content of a SUCCEEDED ``generate_and_wait`` of wanx-mcp (started with ``env``, simulated)."""
     with open(os.devnull, "w") as errlog, anyio.fail_after(LIST_TIMEOUT):
         async with _stdio(wanx_command(), env, errlog) as client:
             result = await client.call_tool("generate_and_wait", {"image": str(image), "prompt": "the sea at dusk"})
     if result.is_error or (result.structured_content or {}).get("status") != "SUCCEEDED":
         raise RuntimeError(f"generate_and_wait did not succeed: {result.content}")
-    return "\n".join(getattr(block, "text", "") for block in result.content)
+    text = "\n".join(block.text for block in result.content if block.type == "text")
+    others = [(block.type, len(block.model_dump_json())) for block in result.content if block.type != "text"]
+    return FinalResult(text, others)
 
 
 async def measure_all(env: dict[str, str], log: Callable[[str], None]) -> list[ToolList]:

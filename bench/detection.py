@@ -57,12 +57,13 @@ class Run:
     requests: list[int] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)  # upstream generation time, simulated s
     jobs: list[Job] = field(default_factory=list)
+    submitting: float = 0.0  # real seconds to submit all of MIX, one create after another
 
 
-def _collect(label: str, sim: Sim, ids: list[str], returned: dict[str, float]) -> Run:
+def _collect(label: str, sim: Sim, ids: list[str], returned: dict[str, float], submitting: float) -> Run:
     stats = sim.stats()["tasks"]
     gets = sim.status_gets()
-    run = Run(label)
+    run = Run(label, submitting=submitting)
     for task_id, job in zip(ids, MIX, strict=True):
         ended = stats[task_id]["succeeded_monotonic"]
         if ended is None:
@@ -74,7 +75,7 @@ def _collect(label: str, sim: Sim, ids: list[str], returned: dict[str, float]) -
     return run
 
 
-async def _wanx(sim: Sim, data_dir: Path, image: Path) -> tuple[list[str], dict[str, float]]:
+async def _wanx(sim: Sim, data_dir: Path, image: Path) -> tuple[list[str], dict[str, float], float]:
     limiter = RateLimiter.with_overrides(
         running_tasks=128, submissions_per_second=128, stale_after=10.0 / sim.speed, ambiguous_hold=120.0 / sim.speed
     )
@@ -89,20 +90,22 @@ async def _wanx(sim: Sim, data_dir: Path, image: Path) -> tuple[list[str], dict[
                 if task.status != "SUCCEEDED":
                     raise RuntimeError(f"task {task_id} ended {task.status}")
 
+            started = time.monotonic()
             for job in MIX:
                 args = {"image": str(image), "prompt": PROMPT, "model": job.model, "resolution": job.resolution,
                         "duration": job.duration}  # fmt: skip
                 task = await wanx.create(args)
                 ids.append(task.task_id)
                 group.start_soon(wait, task.task_id)
-    return ids, returned
+            submitting = time.monotonic() - started
+    return ids, returned, submitting
 
 
 def wanx_run(label: str, speed: float, data_dir: Path, image: Path, *, seed: int = 0) -> Run:
     """MIX through wanx-mcp (library: ``Wanx.create`` then ``Wanx.wait``), in a fresh simulator."""
     with simulator(speed, seed=seed, limits=LIMITS) as sim:
-        ids, returned = anyio.run(_wanx, sim, data_dir, image)
-        return _collect(label, sim, ids, returned)
+        ids, returned, submitting = anyio.run(_wanx, sim, data_dir, image)
+        return _collect(label, sim, ids, returned, submitting)
 
 
 def _sdk_arguments(job: Job) -> dict[str, object]:
@@ -125,6 +128,7 @@ def sdk_run(speed: float, image_uri: str, *, v2: bool) -> Run:
             return time.monotonic()
 
         futures: dict[str, Future[float]] = {}
+        started = time.monotonic()
         for job in MIX:
             if v2:
                 task_id = clients.v2.videos.jobs.create(image_url=image_uri, **_sdk_arguments(job)).task_id
@@ -134,8 +138,9 @@ def sdk_run(speed: float, image_uri: str, *, v2: bool) -> Run:
                     raise RuntimeError(f"SDK create failed: {response.code} {response.message}")
                 task_id = response.output.task_id
             futures[task_id] = pool.submit(wait, task_id)
+        submitting = time.monotonic() - started
         returned = {task_id: future.result() for task_id, future in futures.items()}
-        return _collect(SDK_LABELS[v2], sim, list(futures), returned)
+        return _collect(SDK_LABELS[v2], sim, list(futures), returned, submitting)
 
 
 SDK_LABELS = {False: "dashscope 2.0.2 classic (async_call + wait)", True: "dashscope 2.0.2 v2 (jobs.create + wait)"}

@@ -1,10 +1,11 @@
 """(4) Memory under load: the peak resident set of a real ``wanx-mcp serve --transport http`` process.
 
 Three loads, each on a fresh server process running its own simulator (``WANX_SIMULATE``, 200 × faster than
-DashScope, as the hardening work's tests measure it; the simulator's memory is counted): 8 concurrent
-``create_video_task`` calls with ``fit_image`` on a 7999x7999 transparent PNG (the largest decode and flatten the
-server does), 40 concurrent 27 MB HTTP request bodies, and 200 concurrent tool calls over 20 MCP sessions (40
-creates with a 1 MB JPEG each, 80 ``get_task``, 80 ``list_tasks``). Peak: the process's VmHWM after the load.
+DashScope, as the hardening work's tests measure it; the simulator's memory is counted; downloads off, so that
+it renders no result video): 8 concurrent ``create_video_task`` calls with ``fit_image`` on a 7999x7999
+transparent PNG (the largest decode and flatten the server does), 40 concurrent 27 MB HTTP request bodies, and
+200 concurrent tool calls over 20 MCP sessions (40 creates with a 1 MB JPEG each, 80 ``get_task``, 80
+``list_tasks``). Peak: the process's VmHWM after the load.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def serving(work: Path, name: str) -> Iterator[tuple[str, subprocess.Popen[bytes
     data = work / name
     data.mkdir(parents=True)
     env = child_env() | {"WANX_DATA_DIR": str(data), "WANX_ALLOWED_DIRS": str(work), "WANX_MCP_TOKEN": TOKEN,
-                         "WANX_SIMULATE": "1", "WANX_SIMULATOR_SPEED": str(SPEED),
+                         "WANX_SIMULATE": "1", "WANX_SIMULATOR_SPEED": str(SPEED), "WANX_DOWNLOAD": "0",
                          "WANX_LOG_LEVEL": "WARNING"}  # fmt: skip
     command = [sys.executable, "-m", "wanx_mcp", "serve", "--transport", "http", "--port", str(port)]
     with (data / "server.log").open("wb") as log:
@@ -107,7 +108,9 @@ async def sessions(url: str, count: int) -> AsyncIterator[list[Client]]:
     async with AsyncExitStack() as stack:
         clients = []
         for _ in range(count):
-            http = httpx2.AsyncClient(timeout=CALL_TIMEOUT, headers={"Authorization": f"Bearer {TOKEN}"})
+            # idle connections dropped before uvicorn's 5 s keep-alive closes them under a request (a ReadError)
+            limits = httpx2.Limits(keepalive_expiry=2.0)
+            http = httpx2.AsyncClient(timeout=CALL_TIMEOUT, limits=limits, headers={"Authorization": f"Bearer {TOKEN}"})
             await stack.enter_async_context(http)
             clients.append(await stack.enter_async_context(Client(streamable_http_client(url, http_client=http))))
         yield clients

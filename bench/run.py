@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -47,10 +48,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def detection_section(runs: dict[str, detection.Run], lost: list[detection.Lost]) -> tuple[str, dict[str, bool]]:
     classic, v2 = runs["sdk"], runs["v2"]
     sdks = (classic, v2)
-    rows: list[list[object]] = [["limit (an oracle)", "0.00", "0.00", "1.0", "–", "–", "–", "–"]]
+    rows: list[list[object]] = [["limit (an oracle)", "–", "0.00", "0.00", "1.0", "–", "–", "–", "–"]]
     for run in runs.values():
         lag, requests = mean(run.lags), mean(run.requests)
-        rows.append([run.label, f"{lag:.2f}", f"{percentile(run.lags, 0.95):.2f}", f"{requests:.1f}",
+        create = f"{run.submitting / len(run.jobs) * 1000:.0f}"
+        rows.append([run.label, create, f"{lag:.2f}", f"{percentile(run.lags, 0.95):.2f}", f"{requests:.1f}",
                      *[ratio(x, mean(getattr(sdk, field))) for sdk in sdks
                        for x, field in ((lag, "lags"), (requests, "requests"))]])  # fmt: skip
     ours = [runs[key] for key in detection.VARIANTS]
@@ -78,7 +80,7 @@ def detection_section(runs: dict[str, detection.Run], lost: list[detection.Lost]
     lost_ok = lost[0].duplicates == 0
     targets["(1) no duplicate task for a lost create answer"] = lost_ok
     short = {run.label: run.label.split(" (")[0] if run in sdks else run.label for run in runs.values()}
-    header = ["client", "mean lag (s)", "p95 lag (s)", "status requests / task", "lag vs classic",
+    header = ["client", "create (real ms)", "mean lag (s)", "p95 lag (s)", "status requests / task", "lag vs classic",
               "requests vs classic", "lag vs v2", "requests vs v2"]  # fmt: skip
     lost_header = ["client", "creates asked", "create requests sent", "tasks DashScope created", "duplicate tasks",
                    "task ids returned"]  # fmt: skip
@@ -87,6 +89,8 @@ def detection_section(runs: dict[str, detection.Run], lost: list[detection.Lost]
 {len(classic.jobs)} tasks submitted one after another and then waited for, all running at once (the running
 limits are raised for this part only). Lag: from the simulator's exact `SUCCEEDED` instant to the moment the
 caller's wait returned, in simulated seconds. Requests: `GET /tasks/{{id}}` per task, counted by the simulator.
+Create: real milliseconds per create while the {len(classic.jobs)} were submitted one after another (the first
+tasks end while the last are still being submitted).
 Every run saw the same {len(classic.jobs)} generation times (same seed, same order; largest difference
 {same:.3f} s).
 
@@ -153,7 +157,7 @@ the limit with 0 upstream 429s: {verdict(shared_ok)}.
     }
 
 
-def context_section(lists: list[context.ToolList], result: str) -> tuple[str, dict[str, bool]]:
+def context_section(lists: list[context.ToolList], result: context.FinalResult) -> tuple[str, dict[str, bool]]:
     ours = lists[0]
     measured = [tools for tools in lists if not tools.error]
     rows = []
@@ -186,8 +190,8 @@ Capabilities (read from each server's tool list and descriptions):
 
 {table(["capability", *names], matrix)}
 
-A typical final result, the text content of a SUCCEEDED `generate_and_wait` (simulated): {len(result.encode()):,}
-bytes, {context.tokens(result):,} tokens.
+A typical final result, the text content of a SUCCEEDED `generate_and_wait` (simulated):
+{len(result.text.encode()):,} bytes, {context.tokens(result.text):,} tokens{others(result)}.
 
 Targets: wanx-mcp's list at most {context.MAX_BYTES:,} bytes and {context.MAX_TOKENS:,} tokens: {verdict(size_ok)};
 the fewest tokens per capability of the servers measured: {verdict(smallest)}.
@@ -285,7 +289,7 @@ def headline(
     rows.append(["(1) duplicate tasks per lost create answer: wanx-mcp / dashscope v2",
                  f"{lost[0].duplicates / detection.LOST:.1f} / {lost[2].duplicates / detection.LOST:.1f}"])  # fmt: skip
     for b in batches[:2]:
-        rows.append([f"(2) makespan vs the limit, {b.label.split(', ')[-1]}",
+        rows.append([f"(2) makespan vs the limit, {b.label.removeprefix('wanx-mcp: ')}",
                      ratio(b.makespan or math.nan, batch.limit(b.tasks))])  # fmt: skip
     ours = lists[0]
     peers = [tools for tools in lists[1:] if not tools.error]
@@ -308,8 +312,8 @@ def headline(
 MAX_TOKENS_LABEL = f"{context.MAX_TOKENS:,}-token"
 
 
-def analysis(runs: dict[str, detection.Run], lost: list[detection.Lost], batches: list[batch.Batch],
-             lists: list[context.ToolList], result: str, loads: list[memory.Load],
+def analysis(speed: float, runs: dict[str, detection.Run], lost: list[detection.Lost], batches: list[batch.Batch],
+             lists: list[context.ToolList], result: context.FinalResult, loads: list[memory.Load],
              servers: list[overhead.Server], pictures: list[images.ImageResult]) -> str:  # fmt: skip
     classic, v2, cold, warm = runs["sdk"], runs["v2"], runs["cold"], runs["warm"]
 
@@ -330,7 +334,13 @@ def analysis(runs: dict[str, detection.Run], lost: list[detection.Lost], batches
 but later answers, {figures(v2)}. wanx-mcp checks rarely before the likely end and densely inside it
 (`wanx_mcp/schedule.py`): {figures(cold)} with a cold journal, {figures(warm)} with a warm one. Per kind of task,
 the SDK clients' request counts grow linearly with the duration (the classic one every 5 s, v2 every 8 s), while
-wanx-mcp's grow with its square root; their lag is set by their final gap (≤ 5 s, ≤ 8 s) whatever the task. A
+wanx-mcp's grow with its square root; their lag is set by their final gap (≤ 5 s, ≤ 8 s) whatever the task.
+wanx-mcp's lag is worst on the short tasks submitted first: its creates cost
+{cold.submitting / len(cold.jobs) * 1000:.0f} ms each here (validation, reading and checking the image, its
+base64, the journal write) against the classic client's {classic.submitting / len(classic.jobs) * 1000:.0f} ms,
+so submitting the {len(cold.jobs)} took {cold.submitting:.1f} s real, {cold.submitting * speed:.0f} simulated
+seconds, longer than a flash task; and the creates run on the event loop that also runs the watcher, so the
+watcher's checks of the tasks already running come late meanwhile. A
 lost create answer shows the cost of retrying a create blindly: the v2 client retries every transport error and
 408/409/429/5xx, create included, so each cut answer became {lost[2].duplicates / detection.LOST:.0f} extra
 paid task{"s" if lost[2].duplicates != detection.LOST else ""} ({lost[2].created} tasks for {detection.LOST}
@@ -356,12 +366,12 @@ capability: {peer_text}. Its heaviest tool is `{heaviest[0]}` ({context.tokens(h
 argument schema (model, resolution, duration, prompts, audio, frames) is most of every list, ours and the peers'.
 The capability scores are a reading of each list (`PEERS` in `bench/context.py`): a capability counts when a
 tool or an argument offers it to the agent, not when the upstream API merely has it. A final `generate_and_wait`
-result adds {context.tokens(result):,} tokens to the conversation each time a video is made.
+result adds {context.tokens(result.text):,} tokens to the conversation each time a video is made.
 
 **Memory (4).** The image load is the largest single allocation the server makes (a 64-megapixel RGBA decode,
 256 MB, then its flattening): {fits.peak_mb:.0f} MB peak for {memory.FITS} at once ({fits.outcome}). The bodies:
 {bodies.peak_mb:.0f} MB for {memory.BODIES} × {memory.BODY_MB} MB at once ({bodies.outcome}). The 200 mixed calls:
-{calls.peak_mb:.0f} MB ({calls.outcome}). One 10 MB image alone costs at most
+{calls.peak_mb:.0f} MB ({calls.outcome}). {over_caps(loads)} One 10 MB image alone costs at most
 {max(p.peak_rss / p.size for p in pictures):.2f} × its size (the base64 text twice over, buffer and string).
 
 **Cold start and overhead (5).** Answering `get_task` from the journal costs little more than echoing a string
@@ -372,6 +382,23 @@ the Task result against its output schema with jsonschema, the price of structur
 Cold start is {wanx.start - bare.start:.0f} ms slower than the bare server: imports the bare server does not need
 (httpx, Pillow, sqlite3) and `Wanx.open` making its HTTP clients.
 """
+
+
+def others(result: context.FinalResult) -> str:
+    """The result's other content blocks, in words."""
+    if not result.others:
+        return ""
+    blocks = ", ".join(f"{kind} ({size:,} bytes of JSON)" for kind, size in result.others)
+    return f"; besides the text it carries {blocks}, which a model sees as what it is, not as text tokens"
+
+
+def over_caps(loads: list[memory.Load]) -> str:
+    """Which loads went over their caps, in words."""
+    over = [f"{load.label.split(' (')[0]} ({load.peak_mb / load.cap_mb:.1f} × its {load.cap_mb} MB)"
+            for load in loads if load.peak_mb > load.cap_mb]  # fmt: skip
+    if not over:
+        return "Every peak is under its cap."
+    return f"Over the cap: {'; '.join(over)}."
 
 
 def processes_text(b: batch.Batch) -> str:
@@ -398,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"simulated seconds per real second (default {DEFAULT_SPEED:g})")  # fmt: skip
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="wanx-bench-") as folder:
         work = Path(folder)
         image, image_uri = frame(work)
@@ -417,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("(5) cold start and server overhead")
         servers = overhead.run_all(work, image, log)
     elapsed = time.monotonic() - started
+    cpu = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for field in ("ru_utime", "ru_stime"))  # fmt: skip
     sections = [detection_section(runs, lost), batch_section(batches), context_section(lists, result),
                 memory_section(loads, pictures), overhead_section(servers)]  # fmt: skip
     targets = {name: ok for _, found in sections for name, ok in found.items()}
@@ -425,7 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = f"""# wanx-mcp benchmarks
 
 Produced by one run of `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} minutes
-(of which {installs / 60:.1f} for part 3, peer installs cached from an earlier run or not):
+(of which {installs / 60:.1f} for part 3, peer installs included if this run made them) and {cpu / 60:.1f}
+CPU-minutes (this process and its children), the machine's load average {load:.1f} at the start:
 {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, mcp {version("mcp")},
 dashscope {version("dashscope")} (the official SDK), simulator speed {args.speed:g}.
 
@@ -470,13 +500,13 @@ npm, to install the six peers of part 3 into a cache folder (`WANX_BENCH_PEERS` 
   interpreter and measure them from outside: tool lists through `mcp.Client`, memory as the process's VmHWM.
 
 {"".join(text + chr(10) for text, _ in sections)}
-{analysis(runs, lost, batches, lists, result, loads, servers, pictures)}"""
+{analysis(args.speed, runs, lost, batches, lists, result, loads, servers, pictures)}"""
     args.output.write_text(report)
     log(f"wrote {args.output} in {elapsed / 60:.1f} minutes")
     return 0
 
 
-async def context_figures(work: Path, image: Path) -> tuple[list[context.ToolList], str]:
+async def context_figures(work: Path, image: Path) -> tuple[list[context.ToolList], context.FinalResult]:
     """The tool lists (wanx-mcp, then the peers) and the text of a final ``generate_and_wait`` result."""
     data = work / "context"
     env = child_env() | {"WANX_DATA_DIR": str(data), "WANX_ALLOWED_DIRS": str(work), "WANX_LOG_LEVEL": "WARNING"}
