@@ -159,20 +159,32 @@ async def _bodies(url: str) -> str:
 
 
 async def _mixed(url: str, jpeg: Path) -> str:
-    async with sessions(url, SESSIONS) as clients:
-        seeds = await _all([(clients[0], "create_video_task", {"image": str(jpeg), "prompt": "rain"})] * 2)
-        task_ids = [r.structured_content["task_id"] for r in seeds]
-        calls: list[tuple[Client, str, dict[str, Any]]] = []
-        for index in range(CALLS):
-            client, kind = clients[index % SESSIONS], index % 10
-            if kind < 2:  # 40 creates over both rate-limit families
-                model = "wan2.2-i2v-flash" if index % 20 < 10 else "wan2.5-i2v-preview"
-                calls.append((client, "create_video_task", {"image": str(jpeg), "model": model, "prompt": "rain"}))
-            elif kind < 6:
-                calls.append((client, "get_task", {"task_id": task_ids[index % 2]}))
-            else:
-                calls.append((client, "list_tasks", {"limit": 50}))
-        return _errors(await _all(calls))
+    outcome = "not every call answered"
+    try:
+        async with sessions(url, SESSIONS) as clients:
+            seeds = await _all([(clients[0], "create_video_task", {"image": str(jpeg), "prompt": "rain"})] * 2)
+            task_ids = [r.structured_content["task_id"] for r in seeds]
+            calls: list[tuple[Client, str, dict[str, Any]]] = []
+            for index in range(CALLS):
+                client, kind = clients[index % SESSIONS], index % 10
+                if kind < 2:  # 40 creates over both rate-limit families
+                    model = "wan2.2-i2v-flash" if index % 20 < 10 else "wan2.5-i2v-preview"
+                    arguments = {"image": str(jpeg), "model": model, "prompt": "rain"}
+                    calls.append((client, "create_video_task", arguments))
+                elif kind < 6:
+                    calls.append((client, "get_task", {"task_id": task_ids[index % 2]}))
+                else:
+                    calls.append((client, "list_tasks", {"limit": 50}))
+            outcome = _errors(await _all(calls))
+    except Exception as exc:  # a session that fails, while calling or closing, is reported with the figures
+        outcome += f"; then {_failure(exc)}"
+    return outcome
+
+
+def _failure(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc)[:120]}".rstrip(": ")
 
 
 def _load(label: str, cap_mb: int, work: Path, name: str, run: Callable[[str], Any]) -> Load:
@@ -181,9 +193,7 @@ def _load(label: str, cap_mb: int, work: Path, name: str, run: Callable[[str], A
         try:
             outcome = anyio.run(run, url)
         except Exception as exc:  # the peak so far is still the figure; the failure is reported with it
-            while isinstance(exc, ExceptionGroup):
-                exc = exc.exceptions[0]
-            outcome = f"aborted by {type(exc).__name__}: {str(exc)[:120]}"
+            outcome = f"aborted by {_failure(exc)}"
         return Load(label, cap_mb, peak_rss_mb(process.pid), time.monotonic() - started, outcome)
 
 
