@@ -20,18 +20,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import anyio
 import httpx
 from PIL import Image
 
 import wanx_mcp.schedule
 import wanx_mcp.watcher
 from wanx_mcp.config import SIMULATOR_KEY, Settings
-from wanx_mcp.dashscope import DashScopeClient
-from wanx_mcp.journal import Journal
 from wanx_mcp.ratelimit import RateLimiter
 from wanx_mcp.service import Wanx
-from wanx_mcp.watcher import Watcher
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The key the simulator accepts, for the SDK (wanx-mcp gets it from ``Settings.simulated``).
@@ -143,20 +139,9 @@ async def open_wanx(sim: Sim, data_dir: Path, *, limiter: RateLimiter | None = N
     speed = sim.speed
     config = settings(sim, data_dir, download=download)
     limiter = limiter or RateLimiter(stale_after=10.0 / speed, ambiguous_hold=120.0 / speed)
-    journal = Journal(config.journal_path)
-    client = DashScopeClient.from_settings(config, limiter=limiter, backoff=0.5 / speed, max_backoff=30.0 / speed)
-    try:
-        async with (
-            client,
-            httpx.AsyncClient(timeout=60) as downloads,
-            anyio.create_task_group() as group,
-        ):
-            watcher = Watcher(client, journal, config, downloads)
-            await group.start(watcher.run)
-            yield Wanx(config, client, journal, watcher)
-            group.cancel_scope.cancel()
-    finally:
-        journal.close()
+    options = {"limiter": limiter, "backoff": 0.5 / speed, "max_backoff": 30.0 / speed}
+    async with Wanx.open(config, client_options=options) as wanx:
+        yield wanx
 
 
 # --- the official SDK on the simulator's time scale -----------------------------------------------------

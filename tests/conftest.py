@@ -1,11 +1,12 @@
-"""Shared fixtures: simulators of DashScope on loopback HTTP."""
+"""Shared fixtures: simulators of DashScope on loopback HTTP, a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from PIL import Image
@@ -43,3 +44,31 @@ def make_simulator() -> Iterator[Callable[..., RunningSimulator]]:
 def simulator(make_simulator: Callable[..., RunningSimulator]) -> RunningSimulator:
     """A fresh simulator at speed 200 without jitter: a 60 s generation takes 0.3 s."""
     return make_simulator()
+
+
+def _no_postgres(reason: str) -> NoReturn:
+    """Skip a test that needs PostgreSQL, or fail it when ``WANX_REQUIRE_PG=1`` (set by .ci/run)."""
+    if os.environ.get("WANX_REQUIRE_PG") == "1":
+        pytest.fail(f"WANX_REQUIRE_PG=1 but PostgreSQL cannot run here: {reason}")
+    pytest.skip(f"PostgreSQL cannot run here: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the whole session (``pgserver.PostgresServer``)."""
+    try:
+        from pgserver import Unavailable, running_postgres
+    except ImportError as exc:  # psycopg missing: installed without the dev extra
+        _no_postgres(str(exc))
+    try:
+        with running_postgres() as server:
+            yield server
+    except Unavailable as exc:
+        _no_postgres(str(exc))
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> Iterator[str]:
+    """The URL (with a password) of a fresh, empty database on the session's PostgreSQL server."""
+    with pg_server.database() as url:
+        yield url

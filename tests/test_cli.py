@@ -11,14 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from PIL import Image
 from support import WANX, isolated_env, settings_for
 
 from wanx_mcp.catalog import MODELS
 from wanx_mcp.errors import AGENT, DashScopeError, InvalidInput, MissingApiKey, Surface
-from wanx_mcp.journal import Journal
 from wanx_mcp.service import Wanx
+from wanx_mcp.store.sqlite import SQLiteStore
 from wanx_mcp.tasks import Task, hint_for
 
 
@@ -167,6 +168,20 @@ def test_models_accepts_simulate(tmp_path: Path) -> None:
     assert done.returncode == 0 and "wan2.2-i2v-flash" in done.stdout
 
 
+def journaled(path: Path) -> list[Task]:
+    """The tasks in the journal at ``path``, as another process reading it sees them."""
+
+    async def read() -> list[Task]:
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            return await store.list_tasks()
+        finally:
+            await store.close()
+
+    return anyio.run(read)
+
+
 def test_ctrl_c_leaves_the_task_journaled_and_show_picks_it_up(tmp_path: Path, image: Path) -> None:
     env = env_for(tmp_path, WANX_SIMULATOR_SPEED="5")  # wan2.2-i2v-plus then takes ~40 s
     process = subprocess.Popen(
@@ -175,12 +190,12 @@ def test_ctrl_c_leaves_the_task_journaled_and_show_picks_it_up(tmp_path: Path, i
     )  # fmt: skip
     journal_path = tmp_path / "data" / "journal.sqlite3"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (journal_path.exists() and Journal(journal_path).list()):
+    while time.monotonic() < deadline and not (journal_path.exists() and journaled(journal_path)):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
-    task_id = Journal(journal_path).list()[0].task_id
+    task_id = journaled(journal_path)[0].task_id
     assert f"`wanx-mcp show {task_id} --wait 600 --simulate`" in stderr
     assert "Traceback" not in stderr
 

@@ -7,6 +7,7 @@ is a separate ``wanx-mcp serve --transport http`` process pointed at it, as a us
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 import support
@@ -22,9 +24,12 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from wanx_mcp.catalog import WAN_25_26
-from wanx_mcp.journal import Journal
+from wanx_mcp.errors import WanxError
+from wanx_mcp.server import build_server
+from wanx_mcp.service import Wanx
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
 from wanx_mcp.simulator.app import sample_video
+from wanx_mcp.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -108,15 +113,77 @@ async def test_sigkill_mid_flight_then_restart_loses_nothing(make_simulator: Mak
     assert stats["creates_received"] == stats["tasks_created"] == 5  # nothing re-submitted, nothing paid twice
     assert all(status == "SUCCEEDED" for status in upstream(sim).values())
 
-    journal = Journal(data_dir / "journal.sqlite3")
+    journal = SQLiteStore(data_dir / "journal.sqlite3")
+    await journal.open()
     try:
-        assert journal.unfinished() == []  # the journal owes nothing: every task final and downloaded
+        assert await journal.unfinished() == []  # the journal owes nothing: every task final and downloaded
         for task_id in created:
-            task = journal.get(task_id)
+            task = await journal.get(task_id)
             assert task is not None and task.status == "SUCCEEDED" and task.video_path
             video = Path(task.video_path).read_bytes()
             assert len(video) == len(sample_video()) and video[4:8] == b"ftyp" and video == sample_video()
-            assert [status for _, status in journal.events(task_id)][-1] == "SUCCEEDED"
+            assert [status for _, status in await journal.events(task_id)][-1] == "SUCCEEDED"
     finally:
-        journal.close()
-    assert sorted(p.name for p in videos.iterdir()) == sorted(f"{task_id}.mp4" for task_id in created)  # no .part
+        await journal.close()
+    assert sorted(p.name for p in videos.glob("*.mp4")) == sorted(f"{task_id}.mp4" for task_id in created)
+    assert not any(videos.glob(".*"))  # no .part left
+
+
+@pytest.mark.slow
+async def test_a_failed_journal_write_after_a_create_keeps_the_task_and_journals_it_later(
+    make_simulator: MakeSimulator, tmp_path: Path
+) -> None:
+    sim = make_simulator(speed=200.0)
+    sim.state.faults.add("create", "accept_then_hang", seconds=1.0)  # time to make the journal unwritable
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(image)
+    settings = support.settings_for(sim, tmp_path)
+    store = SQLiteStore(settings.journal_path, busy_timeout=0.2)  # a write that cannot go through fails fast
+    await store.open()
+    blocker = sqlite3.connect(settings.journal_path, isolation_level=None)
+    results = []
+    async with Wanx.open(settings, store=store) as wanx, Client(build_server(wanx)) as client:
+        async with anyio.create_task_group() as group:
+
+            async def create() -> None:
+                results.append(await client.call_tool("create_video_task", {"image": str(image)}))
+
+            group.start_soon(create)
+            while sim.state.stats()["tasks_created"] == 0:
+                await anyio.sleep(0.01)
+            blocker.execute("BEGIN IMMEDIATE")  # from now on no write gets through (as on a full disk)
+        (result,) = results
+        (task_id,) = sim.state.stats()["tasks"]
+        message = result.content[0].text
+        assert result.is_error and f"JournalError: task {task_id} was created upstream" in message
+        assert "Do not resubmit" in message
+        assert await store.get(task_id) is None  # not journaled yet, but known: asking about it works
+        kept = await client.call_tool("get_task", {"task_id": task_id})
+        assert not kept.is_error and kept.structured_content["task_id"] == task_id
+        blocker.rollback()  # space again: the task is journaled, followed and downloaded by itself
+        with anyio.fail_after(30):
+            while (saved := await store.get(task_id)) is None or not saved.video_path:
+                await anyio.sleep(0.05)
+        assert [s.outcome for s in await store.submissions()] == ["created"]
+    blocker.close()
+    assert Path(saved.video_path).read_bytes() == sample_video()
+    assert sim.state.stats()["creates_received"] == 1
+
+
+async def test_an_ambiguous_create_is_resolved_in_the_background_without_a_call(
+    make_simulator: MakeSimulator, tmp_path: Path
+) -> None:
+    sim = make_simulator(speed=200.0)
+    sim.state.faults.add("create", "accept_then_drop")  # created upstream, the answer lost
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (640, 480), "#3366aa").save(image)
+    async with Wanx.open(support.settings_for(sim, tmp_path), client_options={"backoff": 0.01}) as wanx:
+        with pytest.raises(WanxError, match="AmbiguousCreate"):
+            await wanx.create({"image": str(image), "prompt": "an orphan"})
+        (task_id,) = sim.state.stats()["tasks"]
+        await wanx.recover()  # what the server's background loop does every RECOVER_EVERY seconds
+        (submission,) = await wanx.store.submissions()
+        assert (submission.outcome, submission.task_id) == ("recovered", task_id)
+        done = await wanx.wait(task_id, 20)
+    assert done.prompt == "an orphan" and done.video_path and Path(done.video_path).read_bytes() == sample_video()
+    assert sim.state.stats()["creates_received"] == 1

@@ -149,12 +149,12 @@ async def test_create_poll_download(simulator: RunningSimulator, client: DashSco
     created = await client.create_task(video(), IMAGE)
     task_id = created.output.task_id
     assert created.output.task_status == Status.PENDING and created.request_id
-    assert client.limiter.running(FAMILY) == 1 and client.limiter.holders(FAMILY) == [task_id]
+    assert await client.limiter.running(FAMILY) == 1 and await client.limiter.holders(FAMILY) == [task_id]
     done = await wait_final(client, task_id)
     assert done.output.task_status == Status.SUCCEEDED
     assert done.output.video_url and done.output.orig_prompt == "a cat runs on the grass"
     assert done.output.actual_prompt and done.usage and done.usage["video_count"] == 1
-    assert client.limiter.running(FAMILY) == 0  # freed by the final status
+    assert await client.limiter.running(FAMILY) == 0  # freed by the final status
     async with httpx.AsyncClient() as http:
         mp4 = (await http.get(done.output.video_url)).raise_for_status().content
     assert mp4[4:8] == b"ftyp"
@@ -169,7 +169,7 @@ async def test_failed_task_reports_its_code_and_frees_its_slot(
     task_id = (await client.create_task(video(), IMAGE)).output.task_id
     done = await wait_final(client, task_id)
     assert (done.output.task_status, done.output.code) == (Status.FAILED, "DataInspectionFailed")
-    assert done.output.message and client.limiter.running(FAMILY) == 0
+    assert done.output.message and await client.limiter.running(FAMILY) == 0
 
 
 async def test_unknown_task_id(client: DashScopeClient) -> None:
@@ -190,7 +190,7 @@ async def test_wrong_key_is_a_401_with_the_region_hint(simulator: RunningSimulat
         assert "WANX_REGION=singapore" in str(error) and wrong not in str(error)
         with pytest.raises(DashScopeError, match="InvalidApiKey"):
             await c.create_task(video(), IMAGE)
-        assert c.limiter.running(FAMILY) == 0
+        assert await c.limiter.running(FAMILY) == 0
     assert stats(simulator)["status_gets"] == 1 and stats(simulator)["creates_received"] == 1  # no retries
 
 
@@ -200,7 +200,7 @@ async def test_invalid_parameter_is_not_retried_and_frees_the_slot(
     with pytest.raises(DashScopeError) as caught:
         await client.create_task(video(), "ftp://example.com/cat.png")
     assert (caught.value.code, caught.value.status) == ("InvalidParameter", 400)
-    assert "Fix the argument" in str(caught.value) and client.limiter.running(FAMILY) == 0
+    assert "Fix the argument" in str(caught.value) and await client.limiter.running(FAMILY) == 0
     assert stats(simulator)["creates_received"] == 1 and stats(simulator)["tasks_created"] == 0
 
 
@@ -216,7 +216,7 @@ async def test_create_is_resent_only_after_answers_creating_nothing(make_simulat
         created = await c.create_task(video(), IMAGE)
     assert created.output.task_status == Status.PENDING
     assert stats(sim)["creates_received"] == 5 and stats(sim)["tasks_created"] == 1
-    assert limiter.holders(FAMILY) == [created.output.task_id]
+    assert await limiter.holders(FAMILY) == [created.output.task_id]
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ async def test_ambiguous_create_is_never_resent(
         assert before <= error.sent_at <= datetime.now(UTC)
         assert "list_tasks" in str(error) and "wan2.2-i2v-flash" in str(error) and "Hint:" in str(error)
         assert stats(simulator)["creates_received"] == 1 and stats(simulator)["tasks_created"] == created
-        assert c.limiter.running(FAMILY) == 1  # held for a while: a task may be running
+        assert await c.limiter.running(FAMILY) == 1  # held for a while: a task may be running
         orphans = await c.list_tasks(start_time=error.sent_at - timedelta(minutes=1), model_name=error.model)
         assert orphans.total == created
         assert list(stats(simulator)["tasks"]) == [item.task_id for item in orphans.data]
@@ -299,7 +299,7 @@ async def test_unreachable_server_is_a_connection_error_and_creates_retry() -> N
         with pytest.raises(DashScopeError) as caught:
             await c.create_task(video(), IMAGE)
         assert caught.value.code == "ConnectionError" and not isinstance(caught.value, AmbiguousCreate)
-        assert c.limiter.running(FAMILY) == 0 and SECRET not in str(caught.value)
+        assert await c.limiter.running(FAMILY) == 0 and SECRET not in str(caught.value)
 
 
 # -- cancel and list -------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ async def test_cancel_pending_and_not_running(make_simulator: MakeSimulator) -> 
         pending = (await c.create_task(video(), IMAGE)).output.task_id
         assert await c.cancel_task(pending)
         assert (await c.get_task(pending)).output.task_status == Status.CANCELED
-        assert c.limiter.running(FAMILY) == 0
+        assert await c.limiter.running(FAMILY) == 0
         running = (await c.create_task(video(), IMAGE)).output.task_id
         sim.state.hold_pending = False
         with anyio.fail_after(5):
@@ -381,7 +381,7 @@ async def test_a_burst_queues_locally_without_429s_or_too_many_tasks(make_simula
             group.start_soon(generate, c)
         with anyio.fail_after(20):
             while len(results) < 10:
-                seen.add((limiter.running(FAMILY), limiter.queued(FAMILY)))
+                seen.add((await limiter.running(FAMILY), await limiter.queued(FAMILY)))
                 await anyio.sleep(0.005)
     assert [r.output.task_status for r in results] == [Status.SUCCEEDED] * 10
     assert max(running for running, _ in seen) == 2 and max(queued for _, queued in seen) >= 6
@@ -389,7 +389,7 @@ async def test_a_burst_queues_locally_without_429s_or_too_many_tasks(make_simula
     assert report["creates_received"] == 10 and report["tasks_created"] == 10
     assert not [r for r in report["requests"] if r["status"] == 429]
     assert max_overlap(list(report["tasks"].values())) <= 2
-    assert limiter.running(FAMILY) == 0 and limiter.queued(FAMILY) == 0
+    assert await limiter.running(FAMILY) == 0 and await limiter.queued(FAMILY) == 0
 
 
 async def test_a_waiting_create_refreshes_tasks_nobody_polls(simulator: RunningSimulator) -> None:
@@ -398,7 +398,7 @@ async def test_a_waiting_create_refreshes_tasks_nobody_polls(simulator: RunningS
         first = (await c.create_task(video(), IMAGE)).output.task_id  # never polled by the caller
         with anyio.fail_after(5):
             second = (await c.create_task(video(), IMAGE)).output.task_id
-        assert limiter.holders(FAMILY) == [second]
+        assert await limiter.holders(FAMILY) == [second]
     assert stats(simulator)["status_gets"] >= 1
     assert stats(simulator)["tasks"][first]["status"] == "SUCCEEDED"
 
@@ -409,10 +409,10 @@ async def test_a_cancelled_create_keeps_its_slot_only_if_it_was_sent(simulator: 
     async with connect(simulator, limiter=limiter) as c:
         with anyio.move_on_after(0.3):
             await c.create_task(video(), IMAGE)  # sent, then given up on while DashScope is slow
-        assert limiter.running(FAMILY) == 1  # held: a task may exist
+        assert await limiter.running(FAMILY) == 1  # held: a task may exist
         with anyio.move_on_after(0.2):
             await c.create_task(video(), IMAGE)  # still waiting for the submission window: never sent
-        assert limiter.running(FAMILY) == 1 and limiter.queued(FAMILY) == 0
+        assert await limiter.running(FAMILY) == 1 and await limiter.queued(FAMILY) == 0
     assert stats(simulator)["creates_received"] == 1
 
 
@@ -421,11 +421,11 @@ async def test_restarted_process_tracks_running_tasks(simulator: RunningSimulato
     async with connect(simulator, limiter=limiter) as c:
         old = (await c.create_task(video(), IMAGE)).output.task_id
     fresh = RateLimiter.with_overrides(running_tasks=1, stale_after=0.2)
-    fresh.track(old, FAMILY)  # as the journal does after a restart
+    await fresh.track(old, FAMILY)  # as the journal does after a restart
     async with connect(simulator, limiter=fresh) as c:
-        assert fresh.running(FAMILY) == 1
+        assert await fresh.running(FAMILY) == 1
         await c.create_task(video(), IMAGE)  # waits for the tracked task to be seen finished
-        assert old not in fresh.holders(FAMILY)
+        assert old not in await fresh.holders(FAMILY)
 
 
 # -- secrets ---------------------------------------------------------------------------------------

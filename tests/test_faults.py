@@ -98,14 +98,14 @@ async def test_create_5xx_and_429_are_retried_into_exactly_one_task(
     unpaced = RateLimiter.with_overrides(submissions_per_second=20)  # retries at once, not 2 a second
     async with serving(settings, limiter=unpaced) as (wanx, client):
         result = await client.call_tool("generate_and_wait", {"image": str(image), "resolution": "480P"})
-        submissions = wanx.journal.submissions()
+        submissions = await wanx.store.submissions()
     assert not result.is_error, text_of(result)
     assert result.structured_content["status"] == "SUCCEEDED"
     assert complete_video(result.structured_content["video_path"])
     stats = simulator.state.stats()
     assert statuses(simulator, "video-synthesis") == [500, 503, 429, 200]
     assert stats["creates_received"] == 4 and stats["tasks_created"] == 1
-    assert [(s["outcome"], s["task_id"]) for s in submissions] == [("created", result.structured_content["task_id"])]
+    assert [(s.outcome, s.task_id) for s in submissions] == [("created", result.structured_content["task_id"])]
 
 
 @pytest.mark.parametrize(
@@ -140,11 +140,11 @@ async def test_lost_create_answer_is_ambiguous_never_resent_and_findable(
         assert advice and advice[2] == "wan2.2-i2v-flash"
 
         # the journal remembers the submission, so the orphan can be found even after a restart
-        (row,) = wanx.journal.submissions()
-        assert (row["outcome"], row["model"], row["task_id"]) == ("ambiguous", "wan2.2-i2v-flash", None)
-        sent_at = parse_iso(row["sent_at"])
+        (row,) = await wanx.store.submissions()
+        assert (row.outcome, row.model, row.task_id) == ("ambiguous", "wan2.2-i2v-flash", None)
+        sent_at = parse_iso(row.sent_at)
         assert sent_at is not None and before <= sent_at
-        orphans = await wanx.client.list_tasks(start_time=sent_at - timedelta(minutes=1), model_name=row["model"])
+        orphans = await wanx.client.list_tasks(start_time=sent_at - timedelta(minutes=1), model_name=row.model)
         assert [item.task_id for item in orphans.data] == list(simulator.state.stats()["tasks"])
         assert orphans.total == created
 
@@ -158,10 +158,10 @@ async def test_lost_create_answer_is_ambiguous_never_resent_and_findable(
             done = await client.call_tool("get_task", {"task_id": tasks[0]["task_id"], "wait_seconds": 20})
             assert done.structured_content["status"] == "SUCCEEDED"
             assert complete_video(done.structured_content["video_path"])
-            (row,) = wanx.journal.submissions()
-            assert (row["outcome"], row["task_id"]) == ("recovered", tasks[0]["task_id"])
+            (row,) = await wanx.store.submissions()
+            assert (row.outcome, row.task_id) == ("recovered", tasks[0]["task_id"])
         else:
-            assert wanx.journal.submissions(outcome="ambiguous")  # still unresolved: nothing was created
+            assert await wanx.store.submissions(outcome="ambiguous")  # still unresolved: nothing was created
     assert simulator.state.stats()["creates_received"] == 1
 
 
@@ -176,8 +176,8 @@ async def test_other_tasks_of_the_account_are_listed_but_never_adopted(
         found = await client.call_tool("list_tasks", {"model_name": "wan2.2-i2v-plus"})
         (task,) = found.structured_content["tasks"]
         assert task["task_id"] == foreign and "not created through this server" in " ".join(task["notes"])
-        assert wanx.journal.get(foreign) is None and not wanx.watcher.is_following(foreign)
-        assert [s["outcome"] for s in wanx.journal.submissions()] == ["ambiguous"]  # still unmatched
+        assert await wanx.store.get(foreign) is None and not wanx.watcher.is_following(foreign)
+        assert [s.outcome for s in await wanx.store.submissions()] == ["ambiguous"]  # still unmatched
         bad = await client.call_tool("list_tasks", {"start_time": "yesterday"})
         assert bad.is_error and "InvalidInput: start_time='yesterday'" in text_of(bad)
 
@@ -363,7 +363,7 @@ async def test_dashscope_outage_then_return_and_the_task_completes(
             assert "get_task" in during.structured_content["hint"]
             await anyio.sleep(2 - (anyio.current_time() - down_since))
             assert first.state.stats()["tasks"][task_id]["status"] == "SUCCEEDED"  # done upstream meanwhile
-            assert wanx.journal.get(task_id).status != "SUCCEEDED"  # type: ignore[union-attr]
+            assert (await wanx.store.get(task_id)).status != "SUCCEEDED"  # type: ignore[union-attr]
             assert f"status check of {task_id} failed (ConnectionError)" in caplog.text  # the watcher kept trying
             with running_simulator(state=first.state, port=port) as back:  # and comes back, tasks intact
                 done = await client.call_tool("get_task", {"task_id": task_id, "wait_seconds": 20})

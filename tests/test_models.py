@@ -228,7 +228,7 @@ async def test_a_first_and_last_frame_generation_end_to_end(
     assert record["input_fields"] == ["first_frame_url", "last_frame_url", "prompt"]
     creates = [r["path"] for r in stats["requests"] if r["method"] == "POST"]
     assert creates == ["/api/v1/services/aigc/image2video/video-synthesis"]
-    journaled = wanx.journal.request_of(task["task_id"])
+    journaled = await wanx.store.request_of(task["task_id"])
     assert journaled is not None and journaled["last_frame"] == task["last_frame"]
     assert "base64" not in json.dumps(journaled)
 

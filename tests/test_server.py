@@ -103,7 +103,7 @@ async def test_create_journals_before_returning_and_get_task_waits(
     created = await client.call_tool("create_video_task", {"image": str(image), "prompt": "waves"})
     task = created.structured_content
     assert task["status"] == "PENDING" and task["model"] == "wan2.2-i2v-flash" and task["resolution"] == "720P"
-    journaled = wanx.journal.get(task["task_id"])
+    journaled = await wanx.store.get(task["task_id"])
     assert journaled is not None and journaled.image and "base64" not in journaled.image
     assert "get_task" in task["hint"]
     done = await client.call_tool("get_task", {"task_id": task["task_id"], "wait_seconds": 20})
@@ -188,7 +188,7 @@ async def test_cancelled_call_leaves_the_task_watched_and_downloaded(
 ) -> None:
     with anyio.move_on_after(0.5):
         await client.call_tool("generate_and_wait", {"image": str(image), "prompt": "birds"})
-    tasks = wanx.list()
+    tasks = await wanx.list()
     assert len(tasks) == 1 and not tasks[0].is_final
     final = await wanx.wait(tasks[0].task_id, 20)
     assert final.status == "SUCCEEDED" and mp4_ok(final.video_path)
@@ -295,12 +295,12 @@ async def test_a_queued_create_reads_its_image_only_when_sent(simulator: Any, tm
         async with anyio.create_task_group() as group:
             group.start_soon(second)
             with anyio.fail_after(5):
-                while limiter.queued(family) == 0:
+                while await limiter.queued(family) == 0:
                     await anyio.sleep(0.01)
             late.unlink()  # while it waits for the running slot, it holds no copy of the image
             simulator.state.hold_pending = False
             await wanx.wait(first.task_id, 20)
-        assert [s["outcome"] for s in wanx.journal.submissions()] == ["failed", "created"]
+        assert [s.outcome for s in await wanx.store.submissions()] == ["failed", "created"]
     assert outcome and "no such file" in str(outcome[0])
     assert simulator.state.stats()["creates_received"] == 1
 
@@ -314,5 +314,5 @@ async def test_a_create_waiting_for_a_slot_adds_no_status_requests_of_its_own(
         second = await wanx.create({"image": str(image)})  # waits until the first one is seen finished
         await wanx.wait(second.task_id, 20)
         gets = [r for r in simulator.state.stats()["requests"] if r["method"] == "GET" and "/tasks/" in r["path"]]
-        assert wanx.journal.get(first.task_id).status == "SUCCEEDED"
+        assert (await wanx.store.get(first.task_id)).status == "SUCCEEDED"
         assert len(gets) == wanx.watcher.status_requests  # the limiter's refreshes went through the watcher

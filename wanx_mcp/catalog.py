@@ -330,6 +330,17 @@ def get_model(name: str) -> ModelSpec:
     raise InvalidInput("model", name, "unknown model", valid=[m.name for m in MODELS])
 
 
+def budget_price(spec: ModelSpec, resolution: str, duration: int) -> tuple[float, bool]:
+    """What a video counts against ``WANX_BUDGET_CNY``: its price (:meth:`ModelSpec.price`) or, where that is
+    unpublished, the highest published price of a video of that resolution and duration (True: so counted)."""
+    price = spec.price(resolution, duration)
+    if price is not None:
+        return price, False
+    published = [p for m in MODELS if (p := m.price(resolution, duration)) is not None]
+    published = published or [p for m in MODELS for r in m.resolutions if (p := m.price(r, duration)) is not None]
+    return max(published, default=0.0), True
+
+
 def models_taking(argument: str, value: Scalar | None = None) -> list[str]:
     """The models that take ``argument`` (with ``value`` among its choices, when given)."""
     return [

@@ -83,21 +83,21 @@ def _describe(task: Task) -> None:
         out.print(f"\n{task.hint}", markup=False)
 
 
-def _for_people(wanx: Wanx, task: Task, surface: Surface) -> Task:
+async def _for_people(wanx: Wanx, task: Task, surface: Surface) -> Task:
     """``task`` with its hint in a person's words."""
-    return task.model_copy(update={"hint": hint_for(task, remaining_seconds(wanx.watcher, task), surface)})
+    return task.model_copy(update={"hint": hint_for(task, await remaining_seconds(wanx.watcher, task), surface)})
 
 
 async def _wait_with_progress(wanx: Wanx, task: Task, wait_seconds: float, surface: Surface) -> Task:
     """Wait with a bar that fills over the server's estimate of the generation time, and the time left."""
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), TimeElapsedColumn())
     latest = task
-    estimate = wanx.watcher.estimate(task).seconds
+    estimate = (await wanx.watcher.estimate(task)).seconds
     with Progress(*columns, console=err, transient=True) as progress:
         bar = progress.add_task(f"{task.status}: {task.task_id}", total=estimate)
 
         def update() -> None:
-            done = wanx.watcher.elapsed(latest.task_id)
+            done = wanx.watcher.elapsed(latest)
             left = 0.0 if latest.is_final else max(estimate - done, 0.0)
             state = "downloading" if latest.status == "SUCCEEDED" and not latest.video_path else latest.status
             progress.update(bar, description=f"{state}: {latest.task_id}", completed=done, total=done + left)
@@ -116,7 +116,7 @@ async def _wait_with_progress(wanx: Wanx, task: Task, wait_seconds: float, surfa
             group.start_soon(tick)
             task = await wanx.wait(task.task_id, wait_seconds, show)
             group.cancel_scope.cancel()
-    return _for_people(wanx, task, surface)
+    return await _for_people(wanx, task, surface)
 
 
 async def _generate(args: argparse.Namespace) -> int:
@@ -168,7 +168,7 @@ def _show_exit(task: Task, waited: bool, download: bool) -> int:
 async def _show(args: argparse.Namespace) -> int:
     surface = _surface(args)
     async with Wanx.open(_settings(args)) as wanx:
-        task = _for_people(wanx, await wanx.get(args.task_id), surface)
+        task = await _for_people(wanx, await wanx.get(args.task_id), surface)
         download = wanx.settings.download
         if args.wait and not _settled(task, download):
             try:
@@ -185,7 +185,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 async def _tasks(args: argparse.Namespace) -> int:
     async with Wanx.open(_settings(args)) as wanx:
-        tasks = [_for_people(wanx, t, _surface(args)) for t in wanx.list(args.status, args.limit)]
+        tasks = [await _for_people(wanx, t, _surface(args)) for t in await wanx.list(args.status, args.limit)]
     if args.json:
         _print_json({"tasks": [t.model_dump(mode="json") for t in tasks]})
         return EXIT_OK
@@ -253,6 +253,8 @@ def _install(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import describe, exit_code, run_checks
 
+    if args.rebuild_journal:
+        return anyio.run(_rebuild_journal, args)
     checks = run_checks(_settings(args))
     if args.json:
         _print_json({"ok": exit_code(checks) == 0, "checks": [c.as_dict() for c in checks]})
@@ -261,6 +263,27 @@ def _doctor(args: argparse.Namespace) -> int:
         for check in checks:
             out.print(describe(check), style=styles[check.level], markup=False)
     return exit_code(checks)
+
+
+async def _rebuild_journal(args: argparse.Namespace) -> int:
+    """Set a (damaged) SQLite journal aside, start a new one and journal the account's last 24 hours into it."""
+    from .store.sqlite import set_aside
+
+    settings = _settings(args)
+    if settings.database_url:
+        raise InvalidInput("--rebuild-journal", True, "is for the SQLite journal; WANX_DATABASE_URL names PostgreSQL")
+    moved = set_aside(settings.journal_path)
+    err.print(f"set {settings.journal_path} aside as {moved.name}" if moved else "there was no journal", markup=False)
+    async with Wanx.open(settings) as wanx:
+        tasks = await wanx.relist()
+    if args.json:
+        _print_json({"set_aside": str(moved) if moved else None, "tasks": [t.model_dump(mode="json") for t in tasks]})
+        return EXIT_OK
+    for task in tasks:
+        out.print(f"{task.task_id}  {task.status}  {task.model}  {task.created_at or ''}", markup=False)
+    err.print(f"journaled {len(tasks)} task(s) of the last 24 hours from DashScope's task list; a running wanx-mcp "
+              "follows them and downloads their videos (or: wanx-mcp show TASK_ID --wait 600)", markup=False)
+    return EXIT_OK
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -336,6 +359,9 @@ def parser() -> argparse.ArgumentParser:
     install.set_defaults(run=_install)
 
     doctor = commands.add_parser("doctor", help="check the key, region, data folder, journal and client configs")
+    doctor.add_argument("--rebuild-journal", action="store_true",
+                        help="set a damaged journal aside, start a new one and journal the account's tasks of the "
+                        "last 24 hours from DashScope's task list")  # fmt: skip
     doctor.set_defaults(run=_doctor)
 
     for sub in (generate, show, tasks, models, doctor):

@@ -30,9 +30,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("wanx-mcp")))
     poll_interval: float = 15.0
     wait_seconds: float = 50.0
-    allowed_dirs: tuple[Path, ...] = field(
-        default_factory=lambda: (Path.home(), Path(tempfile.gettempdir()))
-    )
+    allowed_dirs: tuple[Path, ...] = field(default_factory=lambda: (Path.home(), Path(tempfile.gettempdir())))
     download: bool = True
     download_hosts: tuple[str, ...] = ("*.aliyuncs.com",)
     preview: bool = True
@@ -41,6 +39,10 @@ class Settings:
     simulate: bool = False
     simulator_speed: float = 10.0
     time_scale: float = 1.0
+    database_url: str | None = field(default=None, repr=False)
+    lease_ttl: float = 30.0
+    #: ``WANX_BUDGET_CNY``: the most the submissions of any rolling 24 hours may cost (estimated); None: no limit.
+    budget_cny: float | None = None
 
     @property
     def videos_dir(self) -> Path:
@@ -113,4 +115,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mcp_allowed_hosts=_list(env.get("WANX_MCP_ALLOWED_HOSTS"), ()),
         simulate=simulate,
         simulator_speed=_number(env, "WANX_SIMULATOR_SPEED", defaults.simulator_speed),
+        database_url=_database_url(env.get("WANX_DATABASE_URL")),
+        lease_ttl=_number(env, "WANX_LEASE_TTL", defaults.lease_ttl),
+        budget_cny=_budget(env.get("WANX_BUDGET_CNY")),
     )
+
+
+def _budget(value: str | None) -> float | None:
+    """``WANX_BUDGET_CNY``: unset or empty for no limit, else a non-negative amount of CNY."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise InvalidInput("WANX_BUDGET_CNY", value, "must be an amount of CNY such as 50") from None
+    if not budget >= 0 or budget == float("inf"):
+        raise InvalidInput("WANX_BUDGET_CNY", value, "must be a finite amount of CNY, 0 or more")
+    return budget
+
+
+def _database_url(value: str | None) -> str | None:
+    """``WANX_DATABASE_URL``: empty for the SQLite journal in the data folder, else a PostgreSQL URL."""
+    url = (value or "").strip()
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise InvalidInput("WANX_DATABASE_URL", url.split("://", 1)[0] + "://...", "must start with postgresql://")
+    return url or None

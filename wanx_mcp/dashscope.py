@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import re
 import time
@@ -38,7 +39,8 @@ LIST_TIME_FORMAT = "%Y%m%d%H%M%S"
 API_TIMEZONE = timezone(timedelta(hours=8), "UTC+08:00")
 # failures raised before any byte of the request is written
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-USER_AGENT = f"wanx-mcp/{__version__}"
+#: Names this process, so that the requests of several processes on one account can be told apart.
+USER_AGENT = f"wanx-mcp/{__version__} (pid {os.getpid()})"
 
 
 class TaskOutput(BaseModel):
@@ -240,6 +242,7 @@ class DashScopeClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.limiter = limiter if limiter is not None else RateLimiter()
+        self._own_limiter = limiter is None
         #: How a create kept waiting for a slot refreshes the tasks holding them. A watcher that polls those
         #: tasks anyway puts its own here, so that they are not asked about twice.
         self.refresh_holders: Refresh = self._refresh
@@ -268,6 +271,8 @@ class DashScopeClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._own_limiter:
+            await self.limiter.aclose()
 
     async def create_task(
         self, request: VideoRequest, images: Images | Callable[[], Awaitable[Images]]
@@ -294,21 +299,19 @@ class DashScopeClient:
             )  # fmt: skip
         except _Failure as failure:
             if _create_verdict(failure) == "ambiguous":
-                slot.hold()
+                await slot.hold()
                 error: DashScopeError = AmbiguousCreate(failure.error, sent_at=failure.sent_at, model=model)
                 log.warning("%s", error.message)
             else:
-                slot.release()
+                await slot.release()
                 error = failure.error
             raise error from failure.__cause__
         except BaseException as exc:  # cancelled (or worse): once sending began, a task may exist
             log.warning("create for %s interrupted (%s); sent: %s", model, type(exc).__name__, sending)
-            if sending:
-                slot.hold()
-            else:
-                slot.release()
+            with anyio.CancelScope(shield=True):
+                await (slot.hold() if sending else slot.release())
             raise
-        slot.assign(reply.output.task_id)
+        await slot.assign(reply.output.task_id)
         log.info("created task %s (%s, request_id=%s)", reply.output.task_id, model, reply.request_id)
         return reply
 
@@ -318,7 +321,7 @@ class DashScopeClient:
         status = reply.output.task_status
         log.debug("task %s is %s", task_id, status)
         if status.is_final:
-            self.limiter.release(task_id)
+            await self.limiter.release(task_id)
         return reply
 
     async def cancel_task(self, task_id: str) -> str:
@@ -341,7 +344,7 @@ class DashScopeClient:
             if state.output.task_status != Status.CANCELED:
                 raise failure.error from failure.__cause__
             return state.request_id or ""
-        self.limiter.release(task_id)
+        await self.limiter.release(task_id)
         log.info("cancelled task %s", task_id)
         return reply.request_id
 

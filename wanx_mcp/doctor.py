@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Literal
 
+import anyio
 import httpx
 
 from . import __version__
@@ -18,6 +19,7 @@ from .config import REGION_BASE_URLS, Settings
 from .downloads import host_allowed
 from .errors import WanxError
 from .install import CLIENTS, config_path, configured, read_config
+from .tasks import Task
 
 Level = Literal["ok", "warn", "fail"]
 LOW_SPACE = 1024**3
@@ -99,16 +101,20 @@ def _data_folder(settings: Settings) -> Check:
 
 
 def journal_health(settings: Settings) -> str:
-    """Open the task store the server would use and describe it; raises WanxError when it cannot be used."""
-    from .journal import Journal
+    """Open the task store the server would use and describe it; raises WanxError when it cannot be used.
+    Call it outside an event loop (it runs its own)."""
+    from .store import open_store
 
-    journal = Journal(settings.journal_path)
-    try:
-        tasks = journal.list(limit=500)
-    finally:
-        journal.close()
+    async def look() -> tuple[str, list[Task]]:
+        store = await open_store(settings)
+        try:
+            return store.location, await store.list_tasks(limit=500)
+        finally:
+            await store.close()
+
+    location, tasks = anyio.run(look)
     running = sum(not t.is_final for t in tasks)
-    return f"{settings.journal_path}: {len(tasks)} recent tasks, {running} unfinished"
+    return f"{location}: {len(tasks)} recent tasks, {running} unfinished"
 
 
 def _journal(settings: Settings, folder_ok: bool) -> Check:

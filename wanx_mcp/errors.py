@@ -173,6 +173,22 @@ class DashScopeError(WanxError):
         }
 
 
+class BudgetExceeded(WanxError):
+    """The submission would take the estimated spend of the last 24 hours past ``WANX_BUDGET_CNY``; nothing was
+    sent. ``frees_at``: when enough earlier submissions leave the window for it to fit (None: it never fits)."""
+
+    code = "BudgetExceeded"
+
+    def __init__(self, cost: float, spent: float, limit: float, frees_at: str | None) -> None:
+        self.cost, self.spent, self.limit, self.frees_at = cost, spent, limit, frees_at
+        when = (f"room for it frees up at {frees_at}" if frees_at else
+                "it does not fit even in an empty window: choose a cheaper resolution, duration or model")
+        super().__init__(
+            f"BudgetExceeded: this task (about {cost:g} CNY) would take the estimated spend of the last 24 hours "
+            f"past WANX_BUDGET_CNY={limit:g} (spent so far: {spent:g} CNY); nothing was sent; {when}."
+        )
+
+
 class MissingApiKey(WanxError):
     """No DASHSCOPE_API_KEY: nothing can be sent."""
 

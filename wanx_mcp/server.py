@@ -328,7 +328,7 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
         """Tasks this server submitted, newest first. With start_time or model_name: DashScope's list of the
         account's tasks (finds the task of an AmbiguousCreate, which is then followed like any other)."""
         if start_time is None and model_name is None:
-            tasks = wanx.list(status, limit)
+            tasks = await wanx.list(status, limit)
         else:
             tasks = await wanx.find(start_time, model_name, status, limit)
         return TaskList(tasks=[linked(task, ctx) for task in tasks])
@@ -357,11 +357,11 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
 
     @server.resource("wanx://tasks", mime_type="application/json", title="Recent tasks")
     async def tasks_resource() -> str:
-        return TaskList(tasks=wanx.list(limit=50)).model_dump_json(indent=2)
+        return TaskList(tasks=await wanx.list(limit=50)).model_dump_json(indent=2)
 
-    def journaled(task_id: str) -> Task:
+    async def journaled(task_id: str) -> Task:
         try:
-            task = wanx.journal.get(check_task_id(task_id))
+            task = await wanx.store.get(check_task_id(task_id))
         except WanxError as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         if task is None:
@@ -369,14 +369,14 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
         return task
 
     async def saved_video(task_id: str) -> anyio.Path:
-        task = journaled(task_id)
+        task = await journaled(task_id)
         if not task.video_path or not await anyio.Path(task.video_path).is_file():
             raise ResourceNotFoundError(f"Task {task_id} has no downloaded video (status {task.status})")
         return anyio.Path(task.video_path)
 
     @server.resource("wanx://tasks/{task_id}", mime_type="application/json", title="One task")
     async def task_resource(task_id: str) -> str:
-        return journaled(task_id).model_dump_json(indent=2)
+        return (await journaled(task_id)).model_dump_json(indent=2)
 
     @server.resource("wanx://tasks/{task_id}/video", mime_type="video/mp4", title="A task's video")
     async def video_resource(task_id: str) -> bytes:

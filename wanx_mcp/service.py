@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,16 +16,17 @@ import anyio
 import httpx
 from pydantic import BaseModel, Field
 
-from .catalog import MODELS, ModelSpec, RateLimit, get_model
+from .catalog import MODELS, ModelSpec, RateLimit, budget_price, get_model
 from .config import Settings, load_settings
 from .dashscope import DashScopeClient, TaskListItem
-from .errors import InvalidInput, WanxError
+from .errors import DashScopeError, InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
-from .journal import Journal
 from .media import Media
+from .ratelimit import RateLimiter
 from .request import VideoRequest, build_request
+from .store import JournalError, Submission, TaskStore, new_owner_id, open_store
 from .tasks import Status, Task, hint_for, iso, parse_iso, utcnow
-from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds
+from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds, settled
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,12 @@ LIST_WINDOW = timedelta(hours=24)
 ADOPT_WITHIN = timedelta(minutes=2)
 STALE_SECONDS = 5.0
 NOT_OURS = "not created through this server: not journaled or downloaded"
+RELISTED = "journaled again from DashScope's task list (the journal was rebuilt): its request is not known"
 PROGRESS_EVERY = 4.0
+#: Seconds between looks for submissions whose outcome is unknown (and tasks waiting to be journaled).
+RECOVER_EVERY = 10.0
+#: How long after its sending a submission with no task in DashScope's list is taken to have created none.
+GIVE_UP_AFTER = timedelta(minutes=10)
 DOWNLOAD_TIMEOUT = 300.0
 
 #: Called while waiting: the task as it stands and the seconds waited so far.
@@ -183,15 +190,18 @@ class Wanx:
         self,
         settings: Settings,
         client: DashScopeClient,
-        journal: Journal,
+        store: TaskStore,
         watcher: Watcher,
         media: Media | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
-        self.journal = journal
+        self.store = store
         self.watcher = watcher
         self.media = media or Media()
+        #: Tasks created upstream whose journaling failed: task, journaled request, submission id.
+        self._unjournaled: dict[str, tuple[Task, dict[str, Any], int]] = {}
+        self._recover_soon = anyio.Event()  # set when there is something to recover now
 
     @classmethod
     @asynccontextmanager
@@ -201,15 +211,18 @@ class Wanx:
         *,
         on_change: ChangeListener | None = None,
         client_options: Mapping[str, Any] | None = None,
+        store: TaskStore | None = None,
     ) -> AsyncIterator[Wanx]:
         """Start everything (the simulator too in simulate mode) and stop it all on exit.
 
-        ``client_options`` go to the :class:`DashScopeClient` constructor (``timeout``, ``backoff``...).
+        ``client_options`` go to the :class:`DashScopeClient` constructor (``timeout``, ``backoff``...; without
+        a ``limiter`` the client's rate limits live in the store, shared with every process using it).
+        ``store``: an opened store to use instead of the one ``settings`` name (closed on exit all the same).
         """
         settings = settings or load_settings()
         async with AsyncExitStack() as stack:
-            journal = Journal(settings.journal_path)  # first: it reports an unusable data folder clearly
-            stack.callback(journal.close)
+            store = store or await open_store(settings)  # first: it reports an unusable data folder clearly
+            stack.push_async_callback(store.close)
             if settings.simulate:
                 from .simulator import SimulatorConfig, running_simulator
 
@@ -218,18 +231,24 @@ class Wanx:
                 )
                 sim = stack.enter_context(running_simulator(remembered))
                 settings = settings.simulated(sim.base_url, sim.speed)
-            client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **(client_options or {})))
+            owner = new_owner_id()
+            limiter = RateLimiter(store=store, owner=owner, owner_ttl=settings.lease_ttl)
+            options = {"limiter": limiter, **(client_options or {})}
+            client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **options))
             downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
             media = Media()
             watcher = Watcher(
-                client, journal, settings, downloads, on_change=on_change, check_video=media.check_download
-            )
+                client, store, settings, downloads, on_change=on_change, check_video=media.check_download,
+                owner=owner, lease_ttl=settings.lease_ttl, renew_every=settings.lease_ttl / 3,
+            )  # fmt: skip
             client.refresh_holders = watcher.refresh
             failure: BaseException | None = None
             async with anyio.create_task_group() as group:
-                await group.start(watcher.run)
                 try:
-                    yield cls(settings, client, journal, watcher, media)
+                    await group.start(watcher.run)  # e.g. a damaged journal: its JournalError, not a group of it
+                    wanx = cls(settings, client, store, watcher, media)
+                    group.start_soon(wanx._recover_forever)
+                    yield wanx
                 except BaseException as exc:  # re-raised below, outside the group, so it is not wrapped
                     failure = exc
                 finally:
@@ -237,8 +256,8 @@ class Wanx:
             if failure is not None:
                 raise failure
 
-    def _present(self, task: Task) -> Task:
-        return task.model_copy(update={"hint": hint_for(task, remaining_seconds(self.watcher, task))})
+    async def _present(self, task: Task) -> Task:
+        return task.model_copy(update={"hint": hint_for(task, await remaining_seconds(self.watcher, task))})
 
     async def _prepare(self, request: VideoRequest) -> dict[str, PreparedImage]:
         """Every image of ``request`` (first frame, last frame...) checked and made ready to send, by name."""
@@ -256,7 +275,11 @@ class Wanx:
         return {slot: image.img_url for slot, image in (await self._prepare(request)).items()}
 
     async def create(self, args: BaseModel | Mapping[str, Any]) -> Task:
-        """Validate, prepare the image, submit, journal and start following; returns the PENDING task."""
+        """Validate, prepare the image, submit, journal and start following; returns the PENDING task.
+
+        If the journal cannot be written right after DashScope created the task, the task is kept in memory
+        (journaled, followed and downloaded once writing works again) and ``JournalError`` names its id.
+        """
         request = build_request(args)
         images = await self._prepare(request)
         described = {slot: image.description for slot, image in images.items()}
@@ -268,66 +291,105 @@ class Wanx:
                 else functools.partial(self._prepared_urls, request))  # fmt: skip
         del images
         journaled = request.model_dump(exclude=set(described)) | described
-        submission = self.journal.record_submission(request.model, journaled)
+        submission, budget_notes = await self._record_submission(request, journaled)
+        changes += budget_notes
         try:
             response = await self.client.create_task(request, urls)
         except WanxError as exc:
             outcome = "ambiguous" if exc.code == "AmbiguousCreate" else "failed"
-            self.journal.finish_submission(submission, outcome, error=str(exc))
+            await self.store.finish_submission(submission, outcome, error=str(exc))
             raise
         now = iso(utcnow())
         task = _new_task(
             request, response.output.task_id, images=described, created_at=now,
             status=Status(response.output.task_status), request_id=response.request_id, notes=changes,
         )  # fmt: skip
-        self.journal.insert(task, journaled)
-        self.journal.finish_submission(submission, "created", task_id=task.task_id)
+        try:
+            await self._journal_created(task, journaled, submission)
+        except JournalError as exc:
+            self._unjournaled[task.task_id] = (task, journaled, submission)
+            self._recover_soon.set()
+            log.error("task %s created but not journaled: %s", task.task_id, exc)
+            raise JournalError(
+                f"JournalError: task {task.task_id} was created upstream but could not be journaled ({exc}). It is "
+                "kept in memory and will be journaled, followed and downloaded as soon as the journal can be "
+                f"written again. Do not resubmit (that pays twice): call get_task(task_id='{task.task_id}') later."
+            ) from exc
+        return await self._present(task)
+
+    async def _record_submission(self, request: VideoRequest, journaled: dict[str, Any]) -> tuple[int, list[str]]:
+        """Journal the submission about to be sent; with ``WANX_BUDGET_CNY``, only if it fits the budget (else
+        BudgetExceeded, nothing written). Returns its id and the notes the task gets about how it was counted."""
+        cost, conservative = budget_price(request.spec, request.resolution, request.duration)
+        budget = self.settings.budget_cny
+        if budget is None:
+            submission = await self.store.record_submission(
+                request.model, journaled, owner=self.watcher.owner, estimated_cost_cny=cost
+            )
+            return submission, []
+        submission = await self.store.reserve_submission(
+            request.model, journaled, owner=self.watcher.owner, estimated_cost_cny=cost, budget=budget
+        )
+        if not conservative:
+            return submission, []
+        return submission, [f"counted as {cost:g} CNY against WANX_BUDGET_CNY: {request.model}'s price is unpublished, "
+                            f"so the highest published price of a {request.resolution} {request.duration} s video"]
+
+    async def _journal_created(self, task: Task, journaled: dict[str, Any], submission: int) -> None:
+        await self.watcher.claim(task.task_id)
+        await self.store.insert_task(task, journaled)
+        await self.store.finish_submission(submission, "created", task_id=task.task_id)
         self.watcher.follow(task)
         if self.watcher.on_change is not None:
             await self.watcher.on_change(task)
-        return self._present(task)
 
     async def get(self, task_id: str, wait_seconds: float = 0, progress: ProgressListener | None = None) -> Task:
         """The task from the journal (refreshed when stale), after waiting up to ``wait_seconds`` for it."""
         task_id = check_task_id(task_id)
         if wait_seconds < 0:
             raise InvalidInput("wait_seconds", wait_seconds, "must not be negative")
-        task = self.journal.get(task_id)
-        if task is None:
+        record = await self.store.record(task_id)
+        if record is None:
+            if task_id in self._unjournaled:
+                return await self._present(self._unjournaled[task_id][0])
             return await self._upstream_only(task_id)
+        task = record.task
         if not task.is_final or (task.status is Status.SUCCEEDED and not task.video_path):
             self.watcher.follow(task)
         if wait_seconds > 0:
             return await self.wait(task_id, wait_seconds, progress)
         checked = parse_iso(task.updated_at)
-        if not task.is_final and (checked is None or (utcnow() - checked).total_seconds() > STALE_SECONDS):
-            self.watcher.poke(task_id)
-            await self.watcher.changed(task_id, STALE_SECONDS)
-        return self._present(self.journal.get(task_id) or task)
+        stale = checked is None or (utcnow() - checked).total_seconds() > STALE_SECONDS
+        if not task.is_final and stale and self.watcher.poke(task_id):
+            await self.store.wait_for_change(task_id, record.version, STALE_SECONDS)
+        return await self._present(await self.store.get(task_id) or task)
 
     async def _upstream_only(self, task_id: str) -> Task:
         """A task this journal never saw: DashScope's answer, not journaled."""
         response = await self.client.get_task(task_id)
         unseen = Task(task_id=task_id, status=Status.PENDING, model="", notes=[NOT_OURS])
-        return self._present(apply_response(unseen, response)[0])
+        return await self._present(apply_response(unseen, response)[0])
 
     async def wait(self, task_id: str, wait_seconds: float, progress: ProgressListener | None = None) -> Task:
-        """Wait until the task is final (and its video downloaded) or ``wait_seconds`` pass."""
+        """Wait until the task is final (and its video downloaded) or ``wait_seconds`` pass, whichever process
+        follows it."""
         deadline = anyio.current_time() + wait_seconds
         started = anyio.current_time()
-        while self.watcher.is_following(task_id):
+        record = await self.store.record(task_id)
+        if record is None:
+            if task_id in self._unjournaled:
+                return await self._present(self._unjournaled[task_id][0])
+            raise InvalidInput("task_id", task_id, "is not in the journal")
+        task, version = record.task, record.version
+        while self.watcher.is_following(task_id) or not settled(task, self.settings.download):
             left = deadline - anyio.current_time()
             if left <= 0:
                 break
-            await self.watcher.changed(task_id, min(left, PROGRESS_EVERY))
+            version = await self.store.wait_for_change(task_id, version, min(left, PROGRESS_EVERY))
+            task = await self.store.get(task_id) or task
             if progress is not None:
-                current = self.journal.get(task_id)
-                if current is not None:
-                    await progress(self._present(current), anyio.current_time() - started)
-        task = self.journal.get(task_id)
-        if task is None:
-            raise InvalidInput("task_id", task_id, "is not in the journal")
-        return self._present(task)
+                await progress(await self._present(task), anyio.current_time() - started)
+        return await self._present(task)
 
     async def generate(
         self, args: BaseModel | Mapping[str, Any], wait_seconds: float, progress: ProgressListener | None = None
@@ -342,17 +404,18 @@ class Wanx:
         """Cancel a PENDING task (DashScope refuses others with UnsupportedOperation)."""
         task_id = check_task_id(task_id)
         await self.client.cancel_task(task_id)
-        if self.journal.get(task_id) is None:
+        record = await self.store.record(task_id)
+        if record is None:
             return await self._upstream_only(task_id)
-        self.watcher.poke(task_id)
-        await self.watcher.changed(task_id, STALE_SECONDS)
+        if self.watcher.poke(task_id):
+            await self.store.wait_for_change(task_id, record.version, STALE_SECONDS)
         return await self.get(task_id)
 
-    def list(self, status: Status | str | None = None, limit: int = 20) -> list[Task]:
+    async def list(self, status: Status | str | None = None, limit: int = 20) -> list[Task]:
         """Recent tasks from the journal, newest first."""
         status = _check_status(status)
         _check_limit(limit)
-        return [self._present(task) for task in self.journal.list(status, limit)]
+        return [await self._present(task) for task in await self.store.list_tasks(status, limit)]
 
     async def find(
         self,
@@ -365,7 +428,8 @@ class Wanx:
         at most 24 h, newest first: journaled ones as journaled, others as DashScope describes them.
 
         This is how the task of an ``AmbiguousCreate`` is found: one of ``model_name`` created within
-        ``ADOPT_WITHIN`` of such a submission's sending is journaled as its task, followed and downloaded.
+        ``ADOPT_WITHIN`` of such a submission's sending is journaled as its task, followed and downloaded (the
+        server also does this by itself within a minute, see :meth:`recover`).
         """
         status = _check_status(status)
         _check_limit(limit)
@@ -383,35 +447,102 @@ class Wanx:
             start_time=start, end_time=min(start + LIST_WINDOW, end), model_name=upstream_model, status=status,
             page_size=limit,
         )  # fmt: skip
-        unclaimed = self.journal.ambiguous_submissions()
+        unclaimed = await self.store.unresolved_submissions(time.time())
         tasks = []
         for item in page.data:
-            task = self.journal.get(item.task_id) or await self._adopt(item, unclaimed) or _listed_only(item)
-            tasks.append(self._present(task))
+            task = await self.store.get(item.task_id) or await self._adopt(item, unclaimed) or _listed_only(item)
+            tasks.append(await self._present(task))
         return tasks
 
-    async def _adopt(self, item: TaskListItem, unclaimed: list[dict[str, Any]]) -> Task | None:
-        """Journal and follow ``item`` as the task of the nearest ambiguous submission it can be, if any."""
+    async def relist(self) -> list[Task]:
+        """Journal the account's tasks of the last 24 hours (up to 100, from DashScope's task list) that the journal
+        lacks, each as DashScope answers for it now, and follow them (a new journal after a damaged one was set
+        aside: their videos are downloaded while the links last). Returns the tasks journaled."""
+        end = utcnow() + timedelta(seconds=1)
+        page = await self.client.list_tasks(start_time=end - LIST_WINDOW, end_time=end, page_size=100)
+        journaled = []
+        for item in page.data:
+            if not TASK_ID.fullmatch(item.task_id) or await self.store.get(item.task_id) is not None:
+                continue
+            listed = _listed_only(item).model_copy(update={"notes": [RELISTED]})
+            try:
+                task = apply_response(listed, await self.client.get_task(item.task_id))[0]
+            except DashScopeError as exc:  # gone meanwhile, or a passing failure: as listed, the watcher asks again
+                log.warning("could not ask DashScope about listed task %s: %s", item.task_id, exc.code)
+                task = listed
+            if await self.watcher.claim(task.task_id) and await self.store.insert_task(task, {}):
+                self.watcher.follow(task)
+                journaled.append(task)
+        return journaled
+
+    async def recover(self) -> None:
+        """Journal the tasks kept in memory, then look for the task of every submission whose outcome is unknown
+        (ambiguous, or sent by a process that died) in DashScope's list around its sending, and adopt it."""
+        for task, journaled, submission in list(self._unjournaled.values()):
+            await self._journal_created(task, journaled, submission)
+            del self._unjournaled[task.task_id]
+            log.warning("task %s is journaled now that the journal can be written again", task.task_id)
+        for submission in await self.store.unresolved_submissions(time.time()):
+            sent = parse_iso(submission.sent_at)
+            if sent is None:
+                continue
+            try:
+                upstream_model = get_model(submission.model).name_in(self.client.region)
+            except InvalidInput:
+                upstream_model = submission.model
+            now = utcnow()
+            page = await self.client.list_tasks(
+                start_time=sent - ADOPT_WITHIN, end_time=min(sent + ADOPT_WITHIN, now + timedelta(seconds=1)),
+                model_name=upstream_model, page_size=100,
+            )  # fmt: skip
+            for item in page.data:
+                if await self.store.get(item.task_id) is None and await self._adopt(item, [submission]):
+                    break
+            else:
+                if now - sent > GIVE_UP_AFTER:
+                    error = f"no task of it in DashScope's list {GIVE_UP_AFTER} after its sending"
+                    await self.store.finish_submission(submission.id, "failed", error=error)
+
+    async def _recover_forever(self) -> None:
+        while True:
+            try:
+                await self.recover()
+            except WanxError as exc:
+                log.warning("recovery of unresolved submissions failed (will retry): %s", exc)
+            if self._unjournaled:
+                await anyio.sleep(1.0)
+                continue
+            with anyio.move_on_after(RECOVER_EVERY):
+                await self._recover_soon.wait()
+            self._recover_soon = anyio.Event()
+
+    async def _adopt(self, item: TaskListItem, unclaimed: list[Submission]) -> Task | None:
+        """Journal and follow ``item`` as the task of the nearest unresolved submission it can be, if any."""
         created = _epoch_ms(item.gmt_create)
         if created is None or not item.model_name:
             return None
+        listed_prompt = (item.model_extra or {}).get("orig_prompt")
         matches = [
             (abs(sent - created), submission)
             for submission in unclaimed
-            if (sent := parse_iso(submission["sent_at"])) and abs(sent - created) <= ADOPT_WITHIN
-            and _same_model(submission["model"], item.model_name)
+            if (sent := parse_iso(submission.sent_at)) and abs(sent - created) <= ADOPT_WITHIN
+            and _same_model(submission.model, item.model_name)
+            and (not listed_prompt or listed_prompt == submission.request.get("prompt"))
         ]  # fmt: skip
         if not matches:
             return None
         submission = min(matches, key=lambda match: match[0])[1]
-        request = VideoRequest.model_validate(submission["request"])
+        request = VideoRequest.model_validate(submission.request)
         note = "found in DashScope's task list after the answer to its submission was lost"
         task = _new_task(request, item.task_id, images=request.images, created_at=iso(created), notes=[note])
         task, _ = apply_response(task, await self.client.get_task(item.task_id))
-        if not self.journal.adopt(submission["id"], task, submission["request"]):
-            return self.journal.get(item.task_id)
+        claimed = await self.watcher.claim(item.task_id)
+        if not await self.store.adopt(submission.id, task, submission.request):
+            if claimed:  # another process adopted it: its watcher follows it
+                await self.store.release_lease(item.task_id, self.watcher.owner)
+            return await self.store.get(item.task_id)
         unclaimed.remove(submission)
-        log.warning("task %s is the one submission %d created; following it", item.task_id, submission["id"])
+        log.warning("task %s is the one submission %d created; following it", item.task_id, submission.id)
         self.watcher.follow(task)
         if self.watcher.on_change is not None:
             await self.watcher.on_change(task)

@@ -91,7 +91,7 @@ class VideoFiles:
                  "or send Authorization: Bearer $WANX_MCP_TOKEN"},
                 401, headers={"www-authenticate": 'Bearer realm="wanx-mcp"'},
             )  # fmt: skip
-        task = self.wanx.journal.get(task_id)
+        task = await self.wanx.store.get(task_id)
         path = file_for(task, kind) if task else None
         if path is None:
             return JSONResponse({"error": "not_found", "message": f"task {task_id} has no saved {kind[1:]} file"}, 404)
