@@ -135,11 +135,13 @@ def settings(sim: Sim, data_dir: Path, *, download: bool = False) -> Settings:
 @asynccontextmanager
 async def open_wanx(sim: Sim, data_dir: Path, *, limiter: RateLimiter | None = None,
                     download: bool = False) -> AsyncIterator[Wanx]:  # fmt: skip
-    """``Wanx.open`` with every real-time constant of the client and rate limiter scaled like the settings."""
+    """``Wanx.open`` with the client's backoff scaled like the settings. Without ``limiter``, the rate limits live
+    in the task store, shared with every process on ``data_dir`` (their refresh and hold times unscaled)."""
     speed = sim.speed
     config = settings(sim, data_dir, download=download)
-    limiter = limiter or RateLimiter(stale_after=10.0 / speed, ambiguous_hold=120.0 / speed)
-    options = {"limiter": limiter, "backoff": 0.5 / speed, "max_backoff": 30.0 / speed}
+    options: dict[str, Any] = {"backoff": 0.5 / speed, "max_backoff": 30.0 / speed}
+    if limiter is not None:
+        options["limiter"] = limiter
     async with Wanx.open(config, client_options=options) as wanx:
         yield wanx
 
