@@ -96,7 +96,8 @@ def test_parse_retry_after() -> None:
 def test_replies_parse_as_documented() -> None:
     succeeded = TaskResponse.model_validate({
         "request_id": "r1",
-        "output": {"task_id": "t1", "task_status": "SUCCEEDED", "submit_time": "2025-07-27 21:05:15.212",
+        "output": {"task_id": "0385dc79-5ff8-4d82-bcb6-0000000000t1", "task_status": "SUCCEEDED",
+                   "submit_time": "2025-07-27 21:05:15.212",
                    "video_url": "https://x/y.mp4", "orig_prompt": "a cat", "actual_prompt": "a white cat",
                    "something_new": 1},
         "usage": {"duration": 5, "video_count": 1, "SR": 1080},
@@ -109,7 +110,7 @@ def test_replies_parse_as_documented() -> None:
         {
             "request_id": "r2",
             "output": {
-                "task_id": "t2",
+                "task_id": "0385dc79-5ff8-4d82-bcb6-0000000000t2",
                 "task_status": "FAILED",
                 "code": "InvalidParameter",
                 "message": "The size is not match",

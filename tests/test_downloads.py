@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from wanx_mcp import downloads
 from wanx_mcp.downloads import DownloadError, download_video, host_allowed
 
 MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(range(256)) * 64
@@ -48,6 +49,12 @@ def _app(port: int) -> Starlette:
             yield bytes(CHUNK)
             await asyncio.sleep(0)
 
+    async def forever() -> AsyncIterator[bytes]:
+        yield MP4
+        while True:
+            yield bytes(CHUNK)
+            await asyncio.sleep(0.001)
+
     async def slow() -> AsyncIterator[bytes]:
         yield MP4[:16]
         await asyncio.sleep(2)
@@ -68,6 +75,7 @@ def _app(port: int) -> Starlette:
         "/error.mp4": lambda: Response(b"internal error", 500),
         "/page.mp4": lambda: HTMLResponse("<html><body>" + "hello " * 500 + "</body></html>"),
         "/endless.mp4": lambda: StreamingResponse(endless(), media_type="video/mp4"),
+        "/forever.mp4": lambda: StreamingResponse(forever(), media_type="video/mp4"),
         "/slow.mp4": lambda: StreamingResponse(slow(), media_type="video/mp4"),
         "/redirect.mp4": redirect("/ok.mp4"),
         "/away.mp4": redirect("http://evil.example.net/ok.mp4"),
@@ -164,11 +172,20 @@ def test_downloads_complete_file_without_leftovers(origin: Origin, tmp_path: Pat
     assert origin.hits == ["/ok.mp4"]
 
 
-def test_replaces_existing_file(origin: Origin, tmp_path: Path) -> None:
+def test_never_overwrites_another_file(origin: Origin, tmp_path: Path) -> None:
     dest = tmp_path / "task.mp4"
     dest.write_bytes(b"old")
-    fetch(f"{origin.base}/ok.mp4", dest)
-    assert dest.read_bytes() == MP4
+    exc = failure(f"{origin.base}/ok.mp4", dest)
+    assert exc.code == "DownloadRefused" and "already exists" in exc.reason and "not overwritten" in exc.reason
+    assert dest.read_bytes() == b"old"
+
+
+def test_the_same_video_already_there_is_fine(origin: Origin, tmp_path: Path) -> None:
+    """A crash between saving the video and journaling it: the download again finds its own file."""
+    dest = tmp_path / "task.mp4"
+    dest.write_bytes(MP4)
+    assert fetch(f"{origin.base}/ok.mp4", dest) == len(MP4)
+    assert dest.read_bytes() == MP4 and [p.name for p in tmp_path.iterdir()] == ["task.mp4"]
 
 
 def test_follows_redirect_to_allowed_path(origin: Origin, tmp_path: Path) -> None:
@@ -380,6 +397,85 @@ def test_disk_full(origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     exc = failure(f"{origin.base}/ok.mp4", dest)
     assert exc.code == "DownloadFailed" and "disk full" in exc.reason and str(tmp_path) in exc.reason
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("name", ["../outside.mp4", "../../x.mp4", "sub/x.mp4", "/tmp/elsewhere.mp4", ".hidden.mp4"])
+def test_destination_outside_the_videos_folder_is_refused(origin: Origin, tmp_path: Path, name: str) -> None:
+    videos = tmp_path / "data" / "videos"
+    videos.mkdir(parents=True)
+    dest = videos / name
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(DownloadError) as caught:
+        fetch(f"{origin.base}/ok.mp4", dest, folder=videos)
+    assert caught.value.code == "DownloadRefused" and "not inside the videos folder" in caught.value.reason
+    assert sorted(tmp_path.rglob("*")) == before and not Path("/tmp/elsewhere.mp4").exists()
+    assert origin.hits == []
+
+
+def test_a_link_in_the_videos_folder_is_not_followed(origin: Origin, tmp_path: Path) -> None:
+    videos, outside = tmp_path / "videos", tmp_path / "holiday.mp4"
+    videos.mkdir()
+    outside.write_bytes(b"precious")
+    (videos / "task.mp4").symlink_to(outside)
+    (tmp_path / "linked").symlink_to(tmp_path, target_is_directory=True)
+    for dest in (videos / "task.mp4", tmp_path / "linked" / "x.mp4"):
+        with pytest.raises(DownloadError) as caught:
+            fetch(f"{origin.base}/ok.mp4", dest, folder=videos)
+        assert caught.value.code == "DownloadRefused"
+    assert outside.read_bytes() == b"precious" and not (tmp_path / "x.mp4").exists()
+
+
+def test_not_enough_free_space_is_refused_before_writing(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declared size plus the margin must fit in the free space (the margin is raised to what is free)."""
+    import shutil
+
+    monkeypatch.setattr(downloads, "DISK_MARGIN", shutil.disk_usage(tmp_path).free)
+    exc = failure(f"{origin.base}/truncated.mp4", tmp_path / "task.mp4")  # declares len(MP4)
+    assert exc.code == "DownloadFailed" and exc.reason.startswith("disk full: the video is ")
+    assert str(tmp_path) in exc.reason and exc.retryable
+    assert exc.retry_for == downloads.DISK_FULL_RETRY_SECONDS and "for at most" in exc.retrying
+
+
+def test_concurrent_endless_downloads_stay_within_slots_times_the_cap(origin: Origin, tmp_path: Path) -> None:
+    """Six endless streams, two slots, 1 MB per file: never more than about 2 MB on disk at once."""
+    cap, peak, stop = 1 << 20, [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], sum(p.stat().st_size for p in tmp_path.glob(".*.part") if p.exists()))
+            time.sleep(0.002)
+
+    async def main() -> list[BaseException | int]:
+        slots = anyio.CapacityLimiter(2)
+        results: list[BaseException | int] = []
+
+        async def one(n: int) -> None:
+            try:
+                results.append(await download_video(
+                    client, f"{origin.base}/forever.mp4", tmp_path / f"t{n}.mp4", allowed_hosts=["127.0.0.1"],
+                    max_bytes=cap, slots=slots, folder=tmp_path,
+                ))  # fmt: skip
+            except DownloadError as exc:
+                results.append(exc)
+
+        async with httpx.AsyncClient(trust_env=False) as client, anyio.create_task_group() as group:
+            for n in range(6):
+                group.start_soon(one, n)
+        return results
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = anyio.run(main)
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(results) == 6 and all(isinstance(r, DownloadError) and "over the limit" in str(r) for r in results)
+    assert origin.hits.count("/forever.mp4") == 6
+    assert 0 < peak[0] <= 2 * (cap + CHUNK), peak[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failure_keeps_previous_file(origin: Origin, tmp_path: Path) -> None:

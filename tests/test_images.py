@@ -6,8 +6,10 @@ import base64
 import os
 import random
 import struct
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import anyio
 import pytest
 from PIL import Image
 
+from wanx_mcp import images
 from wanx_mcp.catalog import ImageLimits
 from wanx_mcp.errors import InvalidInput
 from wanx_mcp.images import MAX_URL_CHARS, PreparedImage, prepare_image, prepare_image_async
@@ -502,3 +505,43 @@ def test_bad_file_uris(tmp_path: Path, uri: str, fragment: str) -> None:
 
 def test_nul_in_path(tmp_path: Path) -> None:
     refused(f"{tmp_path}/a\0.png", tmp_path, "NUL character")
+
+
+# --- the decode budget -----------------------------------------------------------------------------------
+
+
+def test_flattening_composites_onto_white(tmp_path: Path) -> None:
+    img = Image.new("RGBA", (400, 300), (0, 0, 255, 0))  # fully transparent (blue underneath: must not show)
+    img.paste((200, 20, 20, 255), (200, 0, 400, 300))  # opaque red right half
+    img.paste((0, 0, 0, 128), (0, 0, 100, 300))  # half-transparent black stripe
+    result = pixels(prepare(str(write(tmp_path, "a.png", encode(img, "PNG"))), tmp_path, fit=True))
+    assert result.mode == "RGB"
+    assert result.getpixel((150, 10)) == (255, 255, 255)
+    assert result.getpixel((300, 10)) == (200, 20, 20)
+    assert all(abs(c - 127) <= 1 for c in result.getpixel((50, 10)))  # type: ignore[union-attr]
+
+
+def test_concurrent_decodes_share_one_pixel_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four threads fit 800x800 transparent images (640k pixels to check, twice that to fit) under a budget of
+    one million pixels: what is held at any moment never exceeds it, and every image still comes out right."""
+    budget = images.PixelBudget(1_000_000)
+    monkeypatch.setattr(images, "DECODES", budget)
+    img = Image.new("RGBA", (800, 800), (0, 0, 0, 0))
+    img.paste((10, 200, 10, 255), (0, 0, 400, 800))
+    paths = [write(tmp_path, f"t{n}.png", encode(img, "PNG")) for n in range(4)]
+    held, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            held[0] = max(held[0], budget.held)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda p: prepare(str(p), tmp_path, fit=True), paths))
+    finally:
+        done.set()
+        watcher.join()
+    assert 0 < held[0] <= 1_000_000 and budget.held == 0
+    assert all(pixels(r).getpixel((600, 10)) == (255, 255, 255) for r in results)

@@ -225,3 +225,19 @@ async def test_limiters_of_several_processes_share_the_slots_in_one_queue(tmp_pa
     assert await a.holders(FAMILY) == ["t-b3"]
     for store in stores:
         await store.close()
+
+
+async def test_a_store_that_always_answers_late_still_lets_each_send_leave() -> None:
+    """A busy machine: every clock reading is 0.2 s after the last. A send counted late is counted once more,
+    never again and again until the window is full of its own counts (which froze every create)."""
+
+    class SlowClock(FakeTime):
+        def clock(self) -> float:
+            self.now += 0.2
+            return self.now
+
+    time = SlowClock()
+    rl = limiter(time, sps=2)
+    for _ in range(6):
+        with anyio.fail_after(5):
+            await rl.pace(FAMILY)

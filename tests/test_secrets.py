@@ -14,6 +14,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import httpx2
@@ -23,6 +24,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
+from wanx_mcp import redact
 from wanx_mcp.config import Settings
 from wanx_mcp.server import build_server
 from wanx_mcp.service import Wanx
@@ -300,3 +302,37 @@ async def test_the_simulators_own_host_allowed_downloads_the_video(
     """The control for the refusals above: with its host allowed, the same flow saves the video."""
     async with finished_task(settings_for(simulator, tmp_path), image) as task:
         assert Path(task["video_path"]).read_bytes() == sample_video()
+
+
+# -- the redaction layer -----------------------------------------------------------------------------------
+
+
+def test_redaction_of_upstream_texts_and_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    redact.register(API_KEY)
+    redact.install()
+    echoed = f"auth=Bearer {API_KEY}; again {quote(API_KEY)} and bearer%20tok-123.abc, Bearer\teyJ0eXAi0.x"
+    assert redact.scrub(echoed) == "auth=Bearer ***; again *** and bearer%20***, Bearer\t***"
+    assert redact.scrub("a flag bearer marching, Bearer realm=x") == "a flag bearer marching, Bearer realm=x"
+    link = "https://x.oss-cn-beijing.aliyuncs.com/1/a.mp4?Expires=1&OSSAccessKeyId=LTAI&Signature=c2ln"
+    assert redact.scrub(link) == link  # video_url stays usable for the agent
+    line = f'HTTP Request: GET {link} "HTTP/1.1 200 OK"; "GET /v/a.mp4?Signature=c2ln HTTP/1.1"; what? ok'
+    assert redact.for_log(line) == (
+        'HTTP Request: GET https://x.oss-cn-beijing.aliyuncs.com/1/a.mp4?... "HTTP/1.1 200 OK"; '
+        '"GET /v/a.mp4?... HTTP/1.1"; what? ok'
+    )
+    assert redact.scrub_tree({"output": [{"message": f"Bearer {API_KEY}"}], API_KEY: 1}) == {
+        "output": [{"message": "Bearer ***"}], "***": 1
+    }  # fmt: skip
+    logger = logging.getLogger("wanx_mcp.test_redaction")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        logger.info("HTTP Request: %s %s %r", "GET", httpx.URL(link), 200)
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", "/mcp?token=abc", "1.1", 200)
+        logger.info("key %s%s", API_KEY[:10], API_KEY[10:])  # a secret only once the arguments are put in
+        try:
+            raise RuntimeError(f"failed with {API_KEY}")
+        except RuntimeError:
+            logger.exception("boom")
+    assert "Signature" not in caplog.text and "token=abc" not in caplog.text and API_KEY not in caplog.text
+    access = caplog.records[1]
+    assert isinstance(access.args, tuple) and len(access.args) == 5  # uvicorn's access formatter reads them
+    assert "failed with ***" in caplog.text

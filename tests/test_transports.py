@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -92,3 +96,123 @@ def test_demo_prints_the_saved_video(tmp_path: Path) -> None:
     saved = Path(done.stdout.strip().splitlines()[-1])
     assert saved.is_file() and saved.read_bytes()[4:8] == b"ftyp"
     assert "generate_and_wait" in done.stdout and "progress:" in done.stdout
+
+
+PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+#: What a ping outside a session gets once it is past the token check and read: the SDK's 400 (no session).
+READ = 400
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def padded_ping(size: int) -> bytes:
+    """A JSON-RPC ping of about ``size`` bytes."""
+    return b'{"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"pad": "' + b"a" * size + b'"}}'
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One HTTP server for this module's abuse tests that gives clients 2 s to send their headers (or, mid-body,
+    their next bytes); yields its /mcp URL."""
+    tmp_path, port = tmp_path_factory.mktemp("impatient"), free_port()
+    env = isolated_env(tmp_path, WANX_MCP_TOKEN=TOKEN, WANX_SIMULATOR_SPEED="200", WANX_HTTP_HEADER_TIMEOUT="2")
+    command = [*WANX, "serve", "--transport", "http", "--port", str(port), "--simulate"]
+    with listening(command, env, port, tmp_path / "server.log"):
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+async def test_http_bearer_scheme_is_case_insensitive(impatient_server: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        answers = {
+            auth: (await http.post(impatient_server, json=PING, headers=MCP_HEADERS | {"Authorization": auth}))
+            .status_code
+            for auth in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}", f"Basic {TOKEN}", "Bearer", TOKEN)
+        }
+    assert answers == {f"bearer {TOKEN}": READ, f"BEARER {TOKEN}": READ, f"Bearer  {TOKEN}": READ,
+                       f"Basic {TOKEN}": 401, "Bearer": 401, TOKEN: 401}  # fmt: skip
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def held_upload(port: int, length: int, sent: int) -> socket.socket:
+    """A connection that declares a ``length``-byte body, sends ``sent`` bytes of it and then waits."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            f"Content-Length: {length}\r\n\r\n")  # fmt: skip
+    sock.sendall(head.encode() + b"a" * sent)
+    return sock
+
+
+async def test_request_bodies_beyond_the_memory_budget_get_503_with_retry_after(impatient_server: str) -> None:
+    http_server, body = impatient_server, padded_ping(3 * 2**20)
+    headers = MCP_HEADERS | {"Authorization": f"Bearer {TOKEN}"}
+    holders = [held_upload(port_of(http_server), 27 * 2**20, 2**20) for _ in range(2)]  # 54 MB announced
+    stop = threading.Event()
+
+    def trickle() -> None:  # slow uploads, not stalled ones: a byte every 0.2 s keeps the idle timeout away
+        while not stop.wait(0.2):
+            for holder in holders:
+                with contextlib.suppress(OSError):
+                    holder.send(b"a")
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            for _ in range(100):  # until the server has read both holders' headers
+                refused = await http.post(http_server, content=body, headers=headers)
+                if refused.status_code == 503:
+                    break
+                await anyio.sleep(0.05)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert "retry" in refused.json()["message"]
+            stop.set()
+            feeder.join()
+            for holder in holders:
+                holder.close()
+            for _ in range(100):  # the holders' reservations end once the server sees them gone
+                accepted = await http.post(http_server, content=body, headers=headers)
+                if accepted.status_code != 503:
+                    break
+                await anyio.sleep(0.05)
+        assert accepted.status_code == READ and "session" in accepted.text.lower(), accepted.text
+    finally:
+        stop.set()
+        for holder in holders:
+            holder.close()
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_slow_clients_are_disconnected_by_header_and_idle_timeouts(impatient_server: str) -> None:
+    port = port_of(impatient_server)
+    partial = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bear"
+    slowloris = []
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(partial)
+        slowloris.append(sock)
+    silent = socket.create_connection(("127.0.0.1", port))  # connects and never sends anything
+    stalled = held_upload(port, 10_000, 100)  # headers, then a body that stops coming
+    try:
+        assert all(closed_by_server(sock, 20) for sock in [*slowloris, silent, stalled])
+        async with httpx.AsyncClient(timeout=30) as http:  # the server still serves everyone else
+            ok = await http.post(f"http://127.0.0.1:{port}/mcp", json=PING,
+                                 headers=MCP_HEADERS | {"Authorization": f"bearer {TOKEN}"})  # fmt: skip
+        assert ok.status_code == READ
+    finally:
+        for sock in [*slowloris, silent, stalled]:
+            sock.close()

@@ -38,6 +38,10 @@ class Settings:
     mcp_allowed_hosts: tuple[str, ...] = ()
     simulate: bool = False
     simulator_speed: float = 10.0
+    #: Videos downloaded at once (each at most the per-file cap on disk while it streams).
+    download_concurrency: int = 2
+    #: Seconds an HTTP-transport client has to send a request's headers, and may stay silent mid-body.
+    http_header_timeout: float = 10.0
     time_scale: float = 1.0
     database_url: str | None = field(default=None, repr=False)
     lease_ttl: float = 30.0
@@ -86,6 +90,15 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise InvalidInput(name, raw, "must be a whole number, at least 1")
+    return int(raw)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -115,6 +128,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mcp_allowed_hosts=_list(env.get("WANX_MCP_ALLOWED_HOSTS"), ()),
         simulate=simulate,
         simulator_speed=_number(env, "WANX_SIMULATOR_SPEED", defaults.simulator_speed),
+        download_concurrency=_count(env, "WANX_DOWNLOAD_CONCURRENCY", defaults.download_concurrency),
+        http_header_timeout=_number(env, "WANX_HTTP_HEADER_TIMEOUT", defaults.http_header_timeout),
         database_url=_database_url(env.get("WANX_DATABASE_URL")),
         lease_ttl=_number(env, "WANX_LEASE_TTL", defaults.lease_ttl),
         budget_cny=_budget(env.get("WANX_BUDGET_CNY")),

@@ -16,14 +16,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-from . import __version__
+from . import __version__, redact
 from .config import Settings
 from .errors import DashScopeError, InvalidInput, MissingApiKey
 from .ratelimit import RateLimiter, Refresh
@@ -41,6 +41,18 @@ API_TIMEZONE = timezone(timedelta(hours=8), "UTC+08:00")
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 #: Names this process, so that the requests of several processes on one account can be told apart.
 USER_AGENT = f"wanx-mcp/{__version__} (pid {os.getpid()})"
+#: DashScope's task ids are UUIDs; anything of this shape is safe in a path, a URL and a log line.
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{7,127}")
+
+
+def _task_id(value: str) -> str:
+    """An upstream task id, refused unless it has the shape of one (it becomes a file name and a URL path)."""
+    if not TASK_ID.fullmatch(value):
+        raise ValueError("not a task id")
+    return value
+
+
+TaskId = Annotated[str, AfterValidator(_task_id)]
 
 
 class TaskOutput(BaseModel):
@@ -48,7 +60,7 @@ class TaskOutput(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    task_id: str
+    task_id: TaskId
     task_status: Status
     submit_time: str | None = None
     scheduled_time: str | None = None
@@ -75,7 +87,7 @@ class TaskListItem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    task_id: str
+    task_id: TaskId
     status: Status
     model_name: str | None = None
     gmt_create: int | None = None
@@ -94,6 +106,17 @@ class TaskListPage(BaseModel):
     page_size: int = 10
     request_id: str | None = None
     data: list[TaskListItem]
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _drop_bad_ids(cls, items: Any) -> Any:
+        """Leave out listed tasks whose id is not one (logged without it), not the whole page."""
+        if not isinstance(items, list):
+            return items
+        kept = [i for i in items if not isinstance(i, dict) or TASK_ID.fullmatch(str(i.get("task_id", "")))]
+        if len(kept) < len(items):
+            log.warning("the task list holds %d entries without a valid task id; left out", len(items) - len(kept))
+        return kept
 
 
 class _CancelReply(BaseModel):
@@ -236,6 +259,7 @@ class DashScopeClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._api_key = api_key or None
+        redact.register(api_key)
         self.base_url = base_url.rstrip("/")
         self.region = region
         self.max_retries = max_retries
@@ -441,29 +465,29 @@ class DashScopeClient:
             log.debug("%s %s: %s after %.3f s", method, path, type(exc).__name__, time.monotonic() - started)
             raise self._transport_failure(exc, sent_at) from exc
         log.debug("%s %s -> %d in %.3f s", method, path, response.status_code, time.monotonic() - started)
-        body = self._json(response)
+        body = redact.scrub_tree(self._json(response))
         if response.is_success and isinstance(body, dict):
             try:
                 return model.model_validate(body)
             except ValidationError as exc:
-                missing = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
-                message = f"HTTP {response.status_code} reply without the expected fields ({missing})"
+                wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+                message = f"HTTP {response.status_code} reply without the expected fields ({wrong})"
                 error = DashScopeError("BadResponse", message, status=response.status_code,
                                        request_id=body.get("request_id"))  # fmt: skip
                 raise _Failure(error, sent_at=sent_at) from None
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if isinstance(body, dict) and isinstance(body.get("code"), str):
             error = DashScopeError(
-                body["code"], self._scrub(str(body.get("message") or "")),
+                body["code"], redact.scrub(str(body.get("message") or "")),
                 status=response.status_code, request_id=body.get("request_id"),
             )  # fmt: skip
             raise _Failure(error, sent_at=sent_at, api_error=True, retry_after=retry_after)
-        text = _snippet(self._scrub(response.text)) or "(empty body)"
+        text = _snippet(redact.scrub(response.text)) or "(empty body)"
         error = DashScopeError("BadResponse", f"not a DashScope reply: {text}", status=response.status_code)
         raise _Failure(error, sent_at=sent_at, retry_after=retry_after)
 
     def _transport_failure(self, exc: httpx.RequestError, sent_at: datetime) -> _Failure:
-        detail = self._scrub(str(exc)) or type(exc).__name__
+        detail = redact.scrub(str(exc)) or type(exc).__name__
         code = "RequestTimeOut" if isinstance(exc, httpx.TimeoutException) else "ConnectionError"
         error = DashScopeError(code, f"{type(exc).__name__}: {detail}")
         return _Failure(error, sent_at=sent_at, sent=not isinstance(exc, _UNSENT))
@@ -474,7 +498,3 @@ class DashScopeClient:
             return response.json()
         except ValueError:
             return None
-
-    def _scrub(self, text: str) -> str:
-        """``text`` without the API key, should anything ever echo it."""
-        return text.replace(self._api_key, "sk-***")

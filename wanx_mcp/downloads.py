@@ -1,14 +1,17 @@
-"""Fetch a finished video from its OSS link: allowed hosts only, no private addresses, atomic writes."""
+"""Fetch a finished video from its OSS link: allowed hosts only, no private addresses, atomic writes inside
+the videos folder that never overwrite a file, a few at a time, and only when the disk can hold them."""
 
 from __future__ import annotations
 
 import errno
+import filecmp
 import ipaddress
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -23,6 +26,10 @@ MAX_REDIRECTS = 3
 RETRY_STATUSES = frozenset({408, 425, 429})
 WILDCARDS = frozenset("*?[")
 FULL_DISK = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+#: Free space a download must leave on the disk, beyond the video itself.
+DISK_MARGIN = 64 * 1024 * 1024
+#: How long a download failing for want of disk space is retried before it is given up.
+DISK_FULL_RETRY_SECONDS = 3600.0
 
 Resolver = Callable[[str], Awaitable[list[str]]]
 #: Checks a finished download (the temporary file) before it replaces ``dest``; raises ValueError to reject it.
@@ -32,17 +39,29 @@ Verifier = Callable[[Path], Awaitable[None]]
 class DownloadError(WanxError):
     """A video download failed (``DownloadFailed``) or was refused by policy (``DownloadRefused``).
 
-    ``url`` is the requested URL without its query string (which holds the signature).
+    ``url`` is the requested URL without its query string (which holds the signature). A ``retryable``
+    failure may pass if tried again later; ``retry_for`` (seconds, None: until the link expires) bounds how
+    long after its first occurrence that is worth doing.
     """
 
     code = "DownloadFailed"
 
-    def __init__(self, url: str, reason: str, *, retryable: bool = False, refused: bool = False) -> None:
+    def __init__(
+        self, url: str, reason: str, *, retryable: bool = False, refused: bool = False, retry_for: float | None = None
+    ) -> None:
         self.code = "DownloadRefused" if refused else "DownloadFailed"
         self.url = redact(url)
         self.reason = reason
         self.retryable = retryable and not refused
+        self.retry_for = retry_for if self.retryable else None
         super().__init__(f"{self.code}: {reason} ({self.url})")
+
+    @property
+    def retrying(self) -> str:
+        """What retrying this failure means, for a task's notes."""
+        if self.retry_for is None:
+            return "retrying until the link expires"
+        return f"retrying until the link expires, for at most {self.retry_for:g} s"
 
 
 def redact(url: str) -> str:
@@ -75,37 +94,44 @@ async def download_video(
     max_bytes: int = 512 * 1024 * 1024,
     timeout: float = 120.0,
     resolve: Resolver | None = None,
+    folder: Path | None = None,
+    slots: anyio.CapacityLimiter | None = None,
     verify: Verifier | None = None,
 ) -> int:
     """Download the MP4 at ``url`` to ``dest`` and return its size in bytes.
 
     Every hop (at most ``MAX_REDIRECTS`` redirects) must be http(s) without credentials on an allowed
     host, and a host allowed only by a wildcard pattern must resolve (``resolve``, default: the system
-    resolver) to public addresses. The body streams into a temporary file beside ``dest`` that replaces
-    ``dest`` only once complete and MP4-like (and accepted by ``verify``, whose ValueError is a retryable
-    failure), so ``dest`` is never partial. Every failure is a DownloadError.
+    resolver) to public addresses. ``dest`` must lie inside ``folder`` (when given; links resolved). The body
+    streams into a temporary file beside ``dest`` that becomes ``dest`` only once complete and MP4-like (and
+    accepted by ``verify``, whose ValueError is a retryable failure), so ``dest`` is never partial; an existing
+    different file at ``dest`` is never overwritten. A download first waits for one of ``slots``, and is
+    refused when the disk cannot hold the declared size plus ``DISK_MARGIN``. Every failure is a DownloadError.
     """
     dest = Path(dest)
+    if folder is not None:
+        _confine(url, dest, folder)
     part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
-    job = _Download(url, _patterns(allowed_hosts), resolve or _resolve_host, max_bytes)
+    job = _Download(url, _patterns(allowed_hosts), resolve or _resolve_host, max_bytes, dest.parent)
     try:
-        with anyio.fail_after(timeout):
-            first = await job.check(job.parse(url))
-            with _disk_errors(url, dest.parent):
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                out = await anyio.open_file(part, "xb")
-            async with out:
-                size = await job.fetch(client, first, out)
-                with _disk_errors(url, part):
-                    await out.flush()
-                    await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
-            if verify is not None:
-                try:
-                    await verify(part)
-                except ValueError as exc:
-                    raise job.fail(f"not a playable video: {exc}", retryable=True) from None
-        with _disk_errors(url, dest):
-            await anyio.to_thread.run_sync(os.replace, part, dest)
+        async with slots if slots is not None else nullcontext():
+            with anyio.fail_after(timeout):
+                first = await job.check(job.parse(url))
+                with _disk_errors(url, dest.parent):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    out = await anyio.open_file(part, "xb")
+                async with out:
+                    size = await job.fetch(client, first, out)
+                    with _disk_errors(url, part):
+                        await out.flush()
+                        await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+                if verify is not None:
+                    try:
+                        await verify(part)
+                    except ValueError as exc:
+                        raise job.fail(f"not a playable video: {exc}", retryable=True) from None
+            with _disk_errors(url, dest):
+                await anyio.to_thread.run_sync(_place, url, part, dest)
     except TimeoutError:
         raise DownloadError(url, f"not finished within {timeout:g} s", retryable=True) from None
     except httpx.HTTPError as exc:
@@ -116,6 +142,33 @@ async def download_video(
     return size
 
 
+def _confine(url: str, dest: Path, folder: Path) -> None:
+    """Refuse a destination that is not a plain file name directly inside ``folder`` (links resolved)."""
+    root = Path(folder).resolve()
+    try:
+        inside = dest.parent.resolve() == root and not dest.name.startswith(".") and not dest.is_symlink()
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise DownloadError(url, f"the destination {dest} is not inside the videos folder {root}", refused=True)
+
+
+def _place(url: str, part: Path, dest: Path) -> None:
+    """Give the complete ``part`` the name ``dest`` without ever replacing another file found there."""
+    try:
+        os.link(part, dest)  # fails if dest exists, where os.replace would overwrite it
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno in FULL_DISK or dest.exists():
+            raise
+        os.replace(part, dest)  # a file system without hard links; dest did not exist a moment ago
+        return
+    if dest.is_symlink() or not filecmp.cmp(part, dest, shallow=False):
+        raise DownloadError(url, f"{dest} already exists and holds another file; it is not overwritten", refused=True)
+
+
 @dataclass(frozen=True)
 class _Download:
     """The rules of one download; ``url`` is the requested one, named in every error."""
@@ -124,6 +177,7 @@ class _Download:
     patterns: tuple[str, ...]
     resolve: Resolver
     max_bytes: int
+    folder: Path
 
     def fail(self, reason: str, *, retryable: bool = False) -> DownloadError:
         return DownloadError(self.url, reason, retryable=retryable)
@@ -188,6 +242,8 @@ class _Download:
         length = int(declared) if declared.isascii() and declared.isdigit() else None
         if length is not None and length > self.max_bytes:
             raise self.refuse(f"the video is {length} bytes, over the limit of {self.max_bytes}")
+        if length is not None:
+            self.check_space(length)
         written = 0
         head = b""
         async for chunk in response.aiter_bytes():
@@ -206,6 +262,20 @@ class _Download:
         if len(head) < 8:
             raise self.fail(f"the response is not an MP4 video (only {written} bytes)")
         return written
+
+    def check_space(self, length: int) -> None:
+        """Refuse (for a while: space may be freed) a video the disk cannot hold with ``DISK_MARGIN`` to spare."""
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            return  # the write itself reports what is wrong
+        if length + DISK_MARGIN > free:
+            raise DownloadError(
+                self.url,
+                f"disk full: the video is {length:,} bytes and {self.folder} has {free:,} bytes free "
+                f"({DISK_MARGIN // 2**20} MB must stay free)",
+                retryable=True, retry_for=DISK_FULL_RETRY_SECONDS,
+            )  # fmt: skip
 
     def check_status(self, status: int) -> None:
         if status == 200:
@@ -227,7 +297,7 @@ def _disk_errors(url: str, path: Path) -> Iterator[None]:
     except OSError as exc:
         full = exc.errno in FULL_DISK
         what = "disk full" if full else f"cannot write ({exc.strerror or exc})"
-        raise DownloadError(url, f"{what}: {path}", retryable=full) from exc
+        raise DownloadError(url, f"{what}: {path}", retryable=full, retry_for=DISK_FULL_RETRY_SECONDS) from exc
 
 
 def _host(url: httpx.URL) -> str:

@@ -257,15 +257,19 @@ class RateLimiter:
         """Wait until one more submission of ``family`` fits in the sliding window, and count it."""
         state, store = self._family(family), await self.store()
         async with state.pace_lock:  # this process's callers in order
+            recounted = False
             while True:
                 asked = self.clock()
                 wait = await store.reserve_send(family, state.limit.submissions_per_second, self.window, asked)
                 if wait:
                     await self._sleep(wait)
-                elif self.clock() - asked <= SLACK:
+                elif recounted or self.clock() - asked <= SLACK:
                     return
-                # else the store answered late (a busy machine): the request would leave later than it was
-                # counted, so it is counted again at the time it really leaves (over-counting only slows pacing)
+                else:
+                    # the store answered late (a busy machine): the request would leave later than it was
+                    # counted, so it is counted once more at the time it really leaves (over-counting only slows
+                    # pacing; counting again and again could fill the window with this one send's counts)
+                    recounted = True
 
     async def _assign_pending(self) -> None:
         """Write the slots' owners the store could not take before (it failing again is only logged)."""

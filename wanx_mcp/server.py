@@ -18,8 +18,18 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    ContentBlock,
+    GetPromptResult,
+    ImageContent,
+    InputRequiredResult,
+    TextContent,
+    ToolAnnotations,
+)
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
@@ -183,6 +193,21 @@ def _progress_reporter(ctx: Context) -> Callable[[Task, float], Awaitable[None]]
     return report
 
 
+class _Server(MCPServer):
+    """The SDK's server, with prompt errors as clean ``INVALID_PARAMS`` errors (no code 0, no traceback)."""
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        known = [prompt.name for prompt in await self.list_prompts()]
+        if name not in known:
+            raise MCPError(INVALID_PARAMS, str(InvalidInput("name", name, "unknown prompt", valid=known)))
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:  # the SDK's wrapping of missing or ill-typed arguments
+            raise MCPError(INVALID_PARAMS, f"InvalidInput: prompt {name}: {exc}") from None
+
+
 def player_app() -> Apps:
     """The MCP Apps extension with the inline player: it asks get_task for progress, then plays the video read
     through ``wanx://tasks/{task_id}/video``. It loads nothing from the network, so its CSP allows no domain."""
@@ -341,7 +366,7 @@ def build_server(wanx: Wanx, links: VideoLinks | None = None) -> MCPServer:
         """The models: resolutions, durations, templates, arguments, limits, prices."""
         return ModelList(models=wanx.models())
 
-    server = MCPServer(
+    server = _Server(
         "wanx-mcp",
         title="Wan image-to-video (DashScope)",
         instructions=INSTRUCTIONS,

@@ -16,9 +16,10 @@ import anyio
 import httpx
 from pydantic import BaseModel, Field
 
+from . import redact
 from .catalog import MODELS, ModelSpec, RateLimit, budget_price, get_model
 from .config import Settings, load_settings
-from .dashscope import DashScopeClient, TaskListItem
+from .dashscope import TASK_ID, DashScopeClient, TaskListItem
 from .errors import DashScopeError, InvalidInput, WanxError
 from .images import PreparedImage, prepare_image_async
 from .media import Media
@@ -30,7 +31,6 @@ from .watcher import ChangeListener, Watcher, apply_response, remaining_seconds,
 
 log = logging.getLogger(__name__)
 
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LIST_WINDOW = timedelta(hours=24)
 #: How far apart the sending of an ambiguous create and the creation of a listed task may be to be matched.
@@ -220,6 +220,8 @@ class Wanx:
         ``store``: an opened store to use instead of the one ``settings`` name (closed on exit all the same).
         """
         settings = settings or load_settings()
+        redact.install()
+        redact.register(settings.mcp_token)
         async with AsyncExitStack() as stack:
             store = store or await open_store(settings)  # first: it reports an unusable data folder clearly
             stack.push_async_callback(store.close)

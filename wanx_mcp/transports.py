@@ -1,17 +1,22 @@
-"""Running the MCP server over stdio or streamable HTTP (bearer token, DNS-rebinding protection, video links)."""
+"""Running the MCP server over stdio or streamable HTTP (bearer token, DNS-rebinding protection, video links,
+a budget for request bodies in memory, header and idle timeouts)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
 from collections.abc import Sequence
+from typing import Any
 
+import h11
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
 from .errors import InvalidInput
@@ -24,6 +29,15 @@ log = logging.getLogger(__name__)
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 #: Largest HTTP request body: a 20 MB image as a base64 data URI, plus the JSON around it.
 MAX_REQUEST_BODY = 28 * 1024 * 1024
+#: Request-body bytes all requests together may hold in memory; a request beyond it gets 503 + Retry-After.
+MAX_BODIES_IN_FLIGHT = 2 * MAX_REQUEST_BODY
+RETRY_AFTER_SECONDS = 1
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_SECONDS = 5
+#: A client may stay silent mid-body this many times the header timeout (while the server is reading).
+BODY_IDLE_FACTOR = 3
+#: A timeout timer firing this many seconds late means the event loop was busy: look again this much later.
+LATE_TIMER_SLACK = 0.5
 #: Seconds a stopping HTTP server waits for open streams (e.g. a client's subscriptions/listen) to end.
 GRACEFUL_SHUTDOWN = 3
 
@@ -37,25 +51,151 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bearer_matches(authorization: bytes, token: bytes) -> bool:
+    """Whether an ``Authorization`` value is ``Bearer <token>``: the scheme in any case, the token compared in
+    constant time."""
+    scheme, _, supplied = authorization.strip().partition(b" ")
+    return hmac.compare_digest(supplied.strip(), token) and scheme.lower() == b"bearer"
+
+
 class BearerToken:
-    """ASGI middleware: HTTP requests must carry ``Authorization: Bearer <token>`` (compared in constant time)."""
+    """ASGI middleware: HTTP requests must carry ``Authorization: Bearer <token>`` (see :func:`bearer_matches`)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            supplied = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(supplied, self._expected):
-                body = b'{"error": "unauthorized", "message": "send Authorization: Bearer $WANX_MCP_TOKEN"}'
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="wanx-mcp"'),
-                    (b"content-length", str(len(body)).encode()),
-                ]})  # fmt: skip
-                await send({"type": "http.response.body", "body": body})
-                return
+        authorization = dict(scope["headers"]).get(b"authorization", b"") if scope["type"] == "http" else None
+        if authorization is not None and not bearer_matches(authorization, self._expected):
+            body = b'{"error": "unauthorized", "message": "send Authorization: Bearer $WANX_MCP_TOKEN"}'
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="wanx-mcp"'),
+                (b"content-length", str(len(body)).encode()),
+            ]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
         await self.app(scope, receive, send)
+
+
+class BodyBudget:
+    """ASGI middleware: at most ``limit`` request-body bytes in memory across all requests at once.
+
+    A request reserves its declared ``Content-Length`` (``per_request`` when it declares none) until it is
+    answered; one that would go over the budget while others hold it gets 503 with ``Retry-After``, its body
+    read and dropped (never kept), so the client sees the answer instead of a reset connection.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODIES_IN_FLIGHT, per_request: int = MAX_REQUEST_BODY) -> None:
+        self.app = app
+        self.limit = limit
+        self.per_request = per_request
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit():
+            reserve = min(int(declared), self.per_request)
+        else:
+            reserve = self.per_request if b"transfer-encoding" in headers else 0
+        if reserve and self.in_flight and self.in_flight + reserve > self.limit:
+            log.warning("request body of %d bytes refused with 503: %d bytes in flight", reserve, self.in_flight)
+            await self._drop_body(receive)
+            body = b'{"error": "busy", "message": "too many large requests at once; retry shortly"}'
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+                (b"content-length", str(len(body)).encode()),
+            ]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += reserve
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= reserve
+
+    async def _drop_body(self, receive: Receive) -> None:
+        seen = 0
+        while seen <= self.per_request:
+            message: Message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+
+def timed_protocol(header_timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing connections that take over ``header_timeout`` seconds to send a request's
+    headers (counted from the connection, or the previous answer), or stay silent mid-body for
+    ``BODY_IDLE_FACTOR`` times that while the server is reading.
+
+    uvicorn itself only times out keep-alive connections that send nothing at all. A timer that fires late (the
+    event loop was busy, so the client's data may be waiting unread) looks again shortly instead of closing.
+    """
+    limits = {h11.IDLE: header_timeout, h11.SEND_BODY: header_timeout * BODY_IDLE_FACTOR}
+
+    class TimedH11Protocol(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _phase: Any = None  # h11.IDLE (waiting for headers), h11.SEND_BODY (reading a body) or None (not timed)
+        _since = 0.0  # when the phase began; while reading a body, when data last came
+        _due = 0.0  # when the timer is set to fire
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._watch()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch(data_came=True)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._phase = None
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def _watch(self, data_came: bool = False) -> None:
+            state = self.conn.their_state
+            phase = state if state in limits else None
+            if phase is not self._phase:
+                self._phase, self._since = phase, self.loop.time()
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if phase is not None:
+                    self._schedule(limits[phase])
+            elif data_came and phase is h11.SEND_BODY:
+                self._since = self.loop.time()
+
+        def _schedule(self, delay: float) -> None:
+            self._due = self.loop.time() + delay
+            self._timer = self.loop.call_later(delay, self._expire)
+
+        def _expire(self) -> None:
+            self._timer = None
+            if self._phase is None or self.transport.is_closing():
+                return
+            now, limit = self.loop.time(), limits[self._phase]
+            if now - self._due > LATE_TIMER_SLACK:  # the loop was busy: read what may have come first
+                self._schedule(LATE_TIMER_SLACK)
+            elif self._phase is h11.SEND_BODY and self.flow.read_paused:  # we are not reading, not them
+                self._since = now
+                self._schedule(limit)
+            elif now < self._since + limit:  # data came since the timer was set
+                self._schedule(self._since + limit - now)
+            else:
+                what = "its request headers" if self._phase is h11.IDLE else "more of its request body"
+                log.info("closed an HTTP connection that sent no %s for %g s", what, limit)
+                self.transport.close()
+
+    return TimedH11Protocol
 
 
 class VideoFiles:
@@ -66,7 +206,7 @@ class VideoFiles:
         self.app = app
         self.wanx = wanx
         self.links = links
-        self._bearer = f"Bearer {token}".encode() if token else None
+        self._token = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = LINK_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
@@ -78,7 +218,7 @@ class VideoFiles:
 
     def _authorized(self, request: Request) -> bool:
         supplied = request.headers.get("authorization", "").encode()
-        if self._bearer and hmac.compare_digest(supplied, self._bearer):
+        if self._token and bearer_matches(supplied, self._token):
             return True
         return self.links.verify(request.url.path, request.query_params.get("exp"), request.query_params.get("sig"))
 
@@ -130,6 +270,7 @@ def http_app(wanx: Wanx, host: str, port: int) -> ASGIApp:
         host=host,
         max_request_body_size=MAX_REQUEST_BODY,
     )
+    app = BodyBudget(app)
     return VideoFiles(BearerToken(app, token) if token else app, wanx, links, token)
 
 
@@ -144,6 +285,7 @@ async def serve_http(settings: Settings, host: str, port: int) -> None:
         app = http_app(wanx, host, port)
         log.info("wanx-mcp listening on http://%s:%d/mcp", host, port)
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
-        )
+            app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            http=timed_protocol(settings.http_header_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )  # fmt: skip
         await uvicorn.Server(config).serve()

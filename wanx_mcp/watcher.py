@@ -22,11 +22,11 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx
 
-from .catalog import get_model
+from .catalog import ModelSpec, get_model
 from .config import Settings
 from .dashscope import DashScopeClient, TaskResponse
 from .downloads import DownloadError, download_video
-from .errors import DashScopeError, WanxError
+from .errors import DashScopeError, InvalidInput, WanxError
 from .schedule import Estimate, next_poll_delay
 from .store import TaskStore
 from .tasks import Status, Task, iso, parse_iso, utcnow
@@ -39,6 +39,8 @@ DOWNLOAD_BACKOFF = 2.0
 DOWNLOAD_MAX_BACKOFF = 60.0
 DOWNLOAD_TIMEOUT = 600.0
 DASHSCOPE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: The typical generation time assumed for a task of a model the catalog does not know.
+UNKNOWN_MODEL_SECONDS = 120.0
 #: Seconds a watch lease lasts unless renewed; a dead holder's tasks are taken over after at most this long.
 LEASE_TTL = 30.0
 #: Seconds between renewals of this process's leases and scans for tasks nobody follows.
@@ -58,6 +60,14 @@ ChangeListener = Callable[[Task], Awaitable[None]]
 #: Checks a finished download (temporary file, final path): the change to make to its task with what it found
 #: (video facts, notes); raises ValueError when the file is not a playable video.
 VideoCheck = Callable[[Path, Path], Awaitable[Callable[[Task], Task]]]
+
+
+def _known_model(name: str) -> ModelSpec | None:
+    """The catalog's model, None for one it lacks (a task from the account's list, an old journal row)."""
+    try:
+        return get_model(name)
+    except InvalidInput:
+        return None
 
 
 def _upstream_time(text: str | None) -> datetime | None:
@@ -140,6 +150,7 @@ class Watcher:
         self._store = store
         self._settings = settings
         self._downloads = downloads
+        self._download_slots = anyio.CapacityLimiter(settings.download_concurrency)
         self.on_change = on_change
         self.owner = owner
         self.lease_ttl = lease_ttl
@@ -265,9 +276,12 @@ class Watcher:
         cached = self._estimates.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        spec = get_model(task.model)
-        duration = task.duration or spec.default_duration
-        fallback = spec.typical_seconds * duration / spec.default_duration / self._settings.time_scale
+        spec = _known_model(task.model)
+        if spec is None:
+            fallback = UNKNOWN_MODEL_SECONDS / self._settings.time_scale
+        else:
+            duration = task.duration or spec.default_duration
+            fallback = spec.typical_seconds * duration / spec.default_duration / self._settings.time_scale
         samples = await self._store.generation_seconds(task.model, task.resolution, task.duration)
         estimate = Estimate.from_history(samples, fallback)
         self._estimates[key] = (time.monotonic() + ESTIMATE_FOR, estimate)
@@ -317,8 +331,9 @@ class Watcher:
 
     async def _see_through(self, task: Task) -> None:
         """Poll ``task`` until it is final, then save its video (each step safe to repeat)."""
-        if not task.is_final:
-            await self._client.limiter.track(task.task_id, get_model(task.model).rate_limit.family)
+        spec = _known_model(task.model)
+        if not task.is_final and spec is not None:
+            await self._client.limiter.track(task.task_id, spec.rate_limit.family)
         task = await self._poll_until_final(task.task_id)
         if task.status is Status.SUCCEEDED and self._settings.download and not task.video_path:
             await self._download(task)
@@ -359,9 +374,11 @@ class Watcher:
 
     async def _download(self, task: Task) -> None:
         """Save the video. A failure that may pass (network, server, full disk) is retried until the link
-        expires, backing off to DOWNLOAD_MAX_BACKOFF; after DOWNLOAD_ATTEMPTS of them the task's notes say so.
-        A video another process saved meanwhile counts as saved; stale failure notes go once it is saved."""
+        expires (or for as long as the error's ``retry_for`` allows), backing off to DOWNLOAD_MAX_BACKOFF; after
+        DOWNLOAD_ATTEMPTS of them the task's notes say so. A video another process saved meanwhile counts as
+        saved; stale failure notes go once it is saved."""
         dest = self._settings.videos_dir / f"{task.task_id}.mp4"
+        bounded_since: float | None = None  # when failures worth retrying only for a while (disk full) began
         amend: Callable[[Task], Task] | None = None
 
         async def verify(part: Path) -> None:
@@ -383,17 +400,26 @@ class Watcher:
             try:
                 await download_video(
                     self._downloads, task.video_url, dest, allowed_hosts=self._settings.download_hosts,
-                    timeout=DOWNLOAD_TIMEOUT, verify=verify,
+                    timeout=DOWNLOAD_TIMEOUT, folder=self._settings.videos_dir, slots=self._download_slots,
+                    verify=verify,
                 )
             except DownloadError as exc:
                 if os.path.exists(dest):  # another process finished it first
                     continue
                 await self._store.note_download_failure(task.task_id, str(exc))
+                if exc.retry_for is None:
+                    bounded_since = None
+                else:
+                    bounded_since = time.monotonic() if bounded_since is None else bounded_since
+                    if time.monotonic() - bounded_since >= exc.retry_for:
+                        note = f"{DOWNLOAD_FAILED}: {exc}; gave up after {exc.retry_for:g} s of retrying"
+                        await self._changed_to(task.task_id, _noted(note))
+                        return
                 if not exc.retryable:
                     await self._changed_to(task.task_id, _noted(f"{DOWNLOAD_FAILED}: {exc}"))
                     return
                 if attempt == DOWNLOAD_ATTEMPTS:
-                    await self._changed_to(task.task_id, _noted(f"{DOWNLOAD_FAILED}: {exc}; {RETRYING}"))
+                    await self._changed_to(task.task_id, _noted(f"{DOWNLOAD_FAILED}: {exc}; {exc.retrying}"))
                 log.warning("download of %s failed (attempt %d): %s", task.task_id, attempt, exc)
                 await anyio.sleep(min(DOWNLOAD_BACKOFF * 2 ** min(attempt - 1, 20), DOWNLOAD_MAX_BACKOFF))
                 continue
