@@ -18,14 +18,13 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from PIL import Image
 
 import wanx_mcp.schedule
 import wanx_mcp.watcher
-from bench import baseline
 from wanx_mcp.config import SIMULATOR_KEY, Settings
 from wanx_mcp.ratelimit import RateLimiter
 from wanx_mcp.service import Wanx
@@ -33,7 +32,6 @@ from wanx_mcp.service import Wanx
 ROOT = Path(__file__).resolve().parent.parent
 #: The key the simulator accepts, for the SDK (wanx-mcp gets it from ``Settings.simulated``).
 SDK_KEY = SIMULATOR_KEY
-Schedule = Literal["before", "old-clock", "after"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,9 @@ def child_env() -> dict[str, str]:
 def simulator(
     speed: float, *, jitter: bool = True, seed: int = 0, limits: dict[str, Any] | None = None
 ) -> Iterator[Sim]:
-    """A fresh simulator process (``limits``: family -> FamilyLimits fields)."""
-    config = {"speed": speed, "jitter": jitter, "seed": seed, "limits": limits or {}}
+    """A fresh simulator process (``limits``: family -> FamilyLimits fields) serving its fixed sample video (no
+    rendering from the submitted image: the clients are measured, not the simulator)."""
+    config = {"speed": speed, "jitter": jitter, "seed": seed, "limits": limits or {}, "render": False}
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.simproc", json.dumps(config)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(),
@@ -99,25 +98,21 @@ def simulator(
 class _ScaledEstimate:
     """Stands in for ``Estimate`` inside the watcher, passing the simulator's speed as the time scale."""
 
-    def __init__(self, estimate: Any, scale: float) -> None:
-        self._estimate, self._scale = estimate, scale
+    def __init__(self, scale: float) -> None:
+        self._scale = scale
 
     def from_history(self, samples: list[float], fallback: float) -> Any:
-        return self._estimate.from_history(samples, fallback, time_scale=self._scale)
+        return wanx_mcp.schedule.Estimate.from_history(samples, fallback, time_scale=self._scale)
 
 
 @contextmanager
-def schedule(variant: Schedule, scale: float) -> Iterator[None]:
-    """Run the watcher with the ``before`` (bench/baseline.py) or current (wanx_mcp/schedule.py) polling, its
-    fixed floors and costs divided by the simulator's speed (``scale``); ``before`` and ``old-clock`` restore the
-    old start clock (restarted when RUNNING is first seen)."""
-    module: Any = baseline if variant == "before" else wanx_mcp.schedule
+def schedule(scale: float) -> Iterator[None]:
+    """Run the watcher's polling (wanx_mcp/schedule.py) with its fixed floors and costs divided by the
+    simulator's speed (``scale``)."""
     patches = {
-        "next_poll_delay": functools.partial(module.next_poll_delay, time_scale=scale),
-        "Estimate": _ScaledEstimate(module.Estimate, scale),
+        "next_poll_delay": functools.partial(wanx_mcp.schedule.next_poll_delay, time_scale=scale),
+        "Estimate": _ScaledEstimate(scale),
     }
-    if variant in ("before", "old-clock"):
-        patches["_queued_seconds"] = lambda response: None
     saved = {name: getattr(wanx_mcp.watcher, name) for name in patches}
     for name, value in patches.items():
         setattr(wanx_mcp.watcher, name, value)
@@ -140,11 +135,13 @@ def settings(sim: Sim, data_dir: Path, *, download: bool = False) -> Settings:
 @asynccontextmanager
 async def open_wanx(sim: Sim, data_dir: Path, *, limiter: RateLimiter | None = None,
                     download: bool = False) -> AsyncIterator[Wanx]:  # fmt: skip
-    """``Wanx.open`` with every real-time constant of the client and rate limiter scaled like the settings."""
+    """``Wanx.open`` with the client's backoff scaled like the settings. Without ``limiter``, the rate limits live
+    in the task store, shared with every process on ``data_dir`` (their refresh and hold times unscaled)."""
     speed = sim.speed
     config = settings(sim, data_dir, download=download)
-    limiter = limiter or RateLimiter(stale_after=10.0 / speed, ambiguous_hold=120.0 / speed)
-    options = {"limiter": limiter, "backoff": 0.5 / speed, "max_backoff": 30.0 / speed}
+    options: dict[str, Any] = {"backoff": 0.5 / speed, "max_backoff": 30.0 / speed}
+    if limiter is not None:
+        options["limiter"] = limiter
     async with Wanx.open(config, client_options=options) as wanx:
         yield wanx
 
@@ -152,25 +149,45 @@ async def open_wanx(sim: Sim, data_dir: Path, *, limiter: RateLimiter | None = N
 # --- the official SDK on the simulator's time scale -----------------------------------------------------
 
 
-@contextmanager
-def sdk(sim: Sim) -> Iterator[Any]:
-    """The ``dashscope`` SDK pointed at ``sim``, its wait loop's ``time.sleep`` divided by the speed.
+@dataclass(frozen=True)
+class Sdk:
+    """The official SDK's two video clients, pointed at a simulator."""
 
-    ``VideoSynthesis.wait`` (dashscope/client/base_api.py) polls, then sleeps 1, 1, 2, 2, 2, 4, 4, 4, 5, 5...
-    seconds through that module's ``time``; only that module's view of ``time`` is replaced.
+    classic: Any  # dashscope.VideoSynthesis: async_call + wait
+    v2: Any  # a dashscope.Client: videos.jobs.create / wait
+
+
+@contextmanager
+def sdk(sim: Sim) -> Iterator[Sdk]:
+    """The ``dashscope`` SDK pointed at ``sim``, every pause of its wait loops and retries divided by the speed.
+
+    Classic ``VideoSynthesis.wait`` (dashscope/client/base_api.py) polls, then sleeps 1, 1, 2, 2, 2, 4, 4, 4, 5,
+    5... seconds through that module's ``time``; the v2 ``jobs.wait`` (dashscope/v2/resources/_jobs.py) sleeps
+    1, 2, 4, 8, 8... seconds through its module's ``time``, and its transport (dashscope/v2/transport/http.py)
+    backs off 0.5 s doubling up to 8 s through ``_sleep`` before retrying 408/409/429/5xx or a transport error.
+    Only those modules' views of ``time`` (and ``_sleep``) are replaced.
     """
     import dashscope
     from dashscope.client import base_api
+    from dashscope.v2.resources import _jobs
+    from dashscope.v2.transport import http
 
     speed = sim.speed
-    clock = SimpleNamespace(time=time.time, sleep=lambda seconds: time.sleep(seconds / speed))
-    saved = dashscope.base_http_api_url, base_api.time
+
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds / speed)
+
+    saved = dashscope.base_http_api_url, base_api.time, _jobs.time, http._sleep
     os.environ["DASHSCOPE_HTTP_BASE_URL"] = dashscope.base_http_api_url = sim.base_url
-    base_api.time = clock  # type: ignore[assignment]
+    base_api.time = SimpleNamespace(time=time.time, sleep=sleep)  # type: ignore[assignment]
+    _jobs.time = SimpleNamespace(monotonic=time.monotonic, sleep=sleep)  # type: ignore[assignment]
+    http._sleep = sleep
+    client = dashscope.Client(api_key=SDK_KEY, base_url=sim.base_url)
     try:
-        yield dashscope.VideoSynthesis
+        yield Sdk(dashscope.VideoSynthesis, client)
     finally:
-        dashscope.base_http_api_url, base_api.time = saved
+        client.close()
+        dashscope.base_http_api_url, base_api.time, _jobs.time, http._sleep = saved
         os.environ.pop("DASHSCOPE_HTTP_BASE_URL", None)
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import httpx
 
-from bench.common import SDK_KEY, Schedule, Sim, open_wanx, schedule, sdk, simulator
+from bench.common import SDK_KEY, Sim, open_wanx, schedule, sdk, simulator
 from wanx_mcp.catalog import get_model
 from wanx_mcp.ratelimit import RateLimiter
 
@@ -56,12 +57,13 @@ class Run:
     requests: list[int] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)  # upstream generation time, simulated s
     jobs: list[Job] = field(default_factory=list)
+    submitting: float = 0.0  # real seconds to submit all of MIX, one create after another
 
 
-def _collect(label: str, sim: Sim, ids: list[str], returned: dict[str, float]) -> Run:
+def _collect(label: str, sim: Sim, ids: list[str], returned: dict[str, float], submitting: float) -> Run:
     stats = sim.stats()["tasks"]
     gets = sim.status_gets()
-    run = Run(label)
+    run = Run(label, submitting=submitting)
     for task_id, job in zip(ids, MIX, strict=True):
         ended = stats[task_id]["succeeded_monotonic"]
         if ended is None:
@@ -73,13 +75,13 @@ def _collect(label: str, sim: Sim, ids: list[str], returned: dict[str, float]) -
     return run
 
 
-async def _wanx(sim: Sim, data_dir: Path, variant: Schedule, image: Path) -> tuple[list[str], dict[str, float]]:
+async def _wanx(sim: Sim, data_dir: Path, image: Path) -> tuple[list[str], dict[str, float], float]:
     limiter = RateLimiter.with_overrides(
         running_tasks=128, submissions_per_second=128, stale_after=10.0 / sim.speed, ambiguous_hold=120.0 / sim.speed
     )
     returned: dict[str, float] = {}
     ids: list[str] = []
-    with schedule(variant, sim.speed):
+    with schedule(sim.speed):
         async with open_wanx(sim, data_dir, limiter=limiter) as wanx, anyio.create_task_group() as group:
 
             async def wait(task_id: str) -> None:
@@ -88,76 +90,157 @@ async def _wanx(sim: Sim, data_dir: Path, variant: Schedule, image: Path) -> tup
                 if task.status != "SUCCEEDED":
                     raise RuntimeError(f"task {task_id} ended {task.status}")
 
+            started = time.monotonic()
             for job in MIX:
                 args = {"image": str(image), "prompt": PROMPT, "model": job.model, "resolution": job.resolution,
                         "duration": job.duration}  # fmt: skip
                 task = await wanx.create(args)
                 ids.append(task.task_id)
                 group.start_soon(wait, task.task_id)
-    return ids, returned
+            submitting = time.monotonic() - started
+    return ids, returned, submitting
 
 
-def wanx_run(label: str, speed: float, data_dir: Path, variant: Schedule, image: Path, *, seed: int = 0) -> Run:
+def wanx_run(label: str, speed: float, data_dir: Path, image: Path, *, seed: int = 0) -> Run:
     """MIX through wanx-mcp (library: ``Wanx.create`` then ``Wanx.wait``), in a fresh simulator."""
     with simulator(speed, seed=seed, limits=LIMITS) as sim:
-        ids, returned = anyio.run(_wanx, sim, data_dir, variant, image)
-        return _collect(label, sim, ids, returned)
+        ids, returned, submitting = anyio.run(_wanx, sim, data_dir, image)
+        return _collect(label, sim, ids, returned, submitting)
 
 
-def sdk_run(speed: float, image_uri: str) -> Run:
-    """MIX through the official SDK: ``VideoSynthesis.async_call``, then ``wait`` in a thread per task."""
-    with simulator(speed, limits=LIMITS) as sim, sdk(sim) as video, ThreadPoolExecutor(len(MIX)) as pool:
+def _sdk_arguments(job: Job) -> dict[str, object]:
+    extra = {"duration": job.duration} if get_model(job.model).sends_duration else {}
+    return {"model": job.model, "prompt": PROMPT, "resolution": job.resolution, **extra}
+
+
+def sdk_run(speed: float, image_uri: str, *, v2: bool) -> Run:
+    """MIX through the official SDK, each task then waited for in its own thread: classic
+    ``VideoSynthesis.async_call`` + ``wait``, or (``v2``) ``Client().videos.jobs.create`` + ``wait``."""
+    with simulator(speed, limits=LIMITS) as sim, sdk(sim) as clients, ThreadPoolExecutor(len(MIX)) as pool:
 
         def wait(task_id: str) -> float:
-            result = video.wait(task_id, api_key=SDK_KEY)
-            if result.output.task_status != "SUCCEEDED":
-                raise RuntimeError(f"task {task_id} ended {result.output.task_status}")
+            if v2:
+                status = clients.v2.videos.jobs.wait(task_id).status
+            else:
+                status = clients.classic.wait(task_id, api_key=SDK_KEY).output.task_status
+            if status != "SUCCEEDED":
+                raise RuntimeError(f"task {task_id} ended {status}")
             return time.monotonic()
 
         futures: dict[str, Future[float]] = {}
+        started = time.monotonic()
         for job in MIX:
-            extra = {"duration": job.duration} if get_model(job.model).sends_duration else {}
-            response = video.async_call(
-                model=job.model, prompt=PROMPT, img_url=image_uri, api_key=SDK_KEY, resolution=job.resolution, **extra
-            )
-            if response.status_code != 200:
-                raise RuntimeError(f"SDK create failed: {response.code} {response.message}")
-            futures[response.output.task_id] = pool.submit(wait, response.output.task_id)
+            if v2:
+                task_id = clients.v2.videos.jobs.create(image_url=image_uri, **_sdk_arguments(job)).task_id
+            else:
+                response = clients.classic.async_call(img_url=image_uri, api_key=SDK_KEY, **_sdk_arguments(job))
+                if response.status_code != 200:
+                    raise RuntimeError(f"SDK create failed: {response.code} {response.message}")
+                task_id = response.output.task_id
+            futures[task_id] = pool.submit(wait, task_id)
+        submitting = time.monotonic() - started
         returned = {task_id: future.result() for task_id, future in futures.items()}
-        return _collect("official SDK (async_call + wait)", sim, list(futures), returned)
+        return _collect(SDK_LABELS[v2], sim, list(futures), returned, submitting)
 
 
-#: The wanx-mcp runs: key -> (schedule, warm journal, label).
-VARIANTS: dict[str, tuple[Schedule, bool, str]] = {
-    "before-cold": ("before", False, "wanx-mcp, before (cold journal)"),
-    "before-warm": ("before", True, "wanx-mcp, before (warm journal)"),
-    "old-clock-cold": ("old-clock", False, "wanx-mcp, new schedule + old start clock (cold journal)"),
-    "old-clock-warm": ("old-clock", True, "wanx-mcp, new schedule + old start clock (warm journal)"),
-    "after-cold": ("after", False, "wanx-mcp, after (cold journal)"),
-    "after-warm": ("after", True, "wanx-mcp, after (warm journal)"),
+SDK_LABELS = {False: "dashscope 2.0.2 classic (async_call + wait)", True: "dashscope 2.0.2 v2 (jobs.create + wait)"}
+#: The wanx-mcp runs: key -> (warm journal, label).
+VARIANTS: dict[str, tuple[bool, str]] = {
+    "cold": (False, "wanx-mcp (cold journal)"),
+    "warm": (True, "wanx-mcp (warm journal)"),
 }
 
 
 def run_all(speed: float, work: Path, image: Path, image_uri: str, log: Callable[[str], None]) -> dict[str, Run]:
-    """The SDK (key ``sdk``), then wanx-mcp in each of VARIANTS.
+    """Both SDK clients (keys ``sdk``, ``v2``), then wanx-mcp with a cold and a warm journal.
 
     Warm: the journal of an earlier run of the same 64 tasks against a simulator seeded differently (what a user
-    has after a few tasks of each kind), copied afresh for each warm run.
+    has after a few tasks of each kind), copied afresh for the warm run.
     """
     history = work / "history"
     log("  warm-up for the warm journal (seed 1)")
-    wanx_run("history", speed, history, "after", image, seed=1)
-    runs = {"sdk": sdk_run(speed, image_uri)}
-    log(f"  {runs['sdk'].label} done")
-    for key, (variant, warm, label) in VARIANTS.items():
+    wanx_run("history", speed, history, image, seed=1)
+    runs: dict[str, Run] = {}
+    for key, v2 in (("sdk", False), ("v2", True)):
+        runs[key] = sdk_run(speed, image_uri, v2=v2)
+        log(f"  {runs[key].label} done")
+    for key, (warm, label) in VARIANTS.items():
         data_dir = work / key
         if warm:
             data_dir.mkdir(parents=True)
             for path in history.glob("journal.sqlite3*"):
                 shutil.copy(path, data_dir / path.name)
-        runs[key] = wanx_run(label, speed, data_dir, variant, image)
+        runs[key] = wanx_run(label, speed, data_dir, image)
         log(f"  {label} done")
     return runs
+
+
+# --- a lost create answer ----------------------------------------------------------------------------------
+
+LOST = 10
+
+
+@dataclass(frozen=True)
+class Lost:
+    """``LOST`` creates whose first answer is cut after DashScope created the task (``accept_then_drop``)."""
+
+    label: str
+    created: int  # tasks DashScope created
+    create_requests: int
+    answered: int  # creates that returned a task id to the caller
+
+    @property
+    def duplicates(self) -> int:
+        return self.created - LOST
+
+
+def _lose_next_answer(sim: Sim) -> None:
+    fault = {"target": "create", "kind": "accept_then_drop", "count": 1}
+    httpx.post(f"{sim.root_url}/_simulator/faults", json=fault, timeout=10).raise_for_status()
+
+
+def _lost_counts(sim: Sim, label: str, answered: int) -> Lost:
+    stats = sim.stats()
+    posts = sum(1 for r in stats["requests"] if r["method"] == "POST" and r["path"].startswith("/api/v1/services"))
+    return Lost(label, len(stats["tasks"]), posts, answered)
+
+
+async def _wanx_lost(sim: Sim, data_dir: Path, image: Path) -> Lost:
+    answered = 0
+    limiter = RateLimiter.with_overrides(running_tasks=128, submissions_per_second=128)
+    async with open_wanx(sim, data_dir, limiter=limiter) as wanx:
+        for _ in range(LOST):
+            _lose_next_answer(sim)
+            try:
+                await wanx.create({"image": str(image), "prompt": PROMPT, "model": "wan2.2-i2v-flash"})
+                answered += 1
+            except Exception:  # AmbiguousCreate: never resent; the message says how to find the task
+                pass
+    return _lost_counts(sim, "wanx-mcp (`Wanx.create`)", answered)
+
+
+def lost_answers(speed: float, work: Path, image: Path, image_uri: str) -> list[Lost]:
+    """wanx-mcp and both SDK clients, each against a fresh simulator, one lost answer per create."""
+    results = []
+    with simulator(speed, limits=LIMITS) as sim:
+        results.append(anyio.run(_wanx_lost, sim, work / "lost", image))
+    arguments = _sdk_arguments(Job("wan2.2-i2v-flash", "720P", 5))
+    for v2 in (False, True):
+        with simulator(speed, limits=LIMITS) as sim, sdk(sim) as clients:
+            answered = 0
+            for _ in range(LOST):
+                _lose_next_answer(sim)
+                try:
+                    if v2:
+                        clients.v2.videos.jobs.create(image_url=image_uri, **arguments)
+                        answered += 1
+                    else:
+                        response = clients.classic.async_call(img_url=image_uri, api_key=SDK_KEY, **arguments)
+                        answered += response.status_code == 200
+                except Exception:  # the SDK's own error for a cut connection
+                    pass
+            results.append(_lost_counts(sim, SDK_LABELS[v2], answered))
+    return results
 
 
 def sdk_schedule_requests(seconds: float) -> int:

