@@ -75,3 +75,18 @@ def listening(command: list[str], env: dict[str, str], port: int, log: Path) -> 
 def text_of(result: Any) -> str:
     """The text blocks of a tool result, joined: what a client that ignores structured content shows."""
     return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at any one instant (one that ends as another starts does not overlap it)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def unfinished_overlap(records: list[dict[str, Any]]) -> int:
+    """The most tasks ever submitted and not yet ended upstream at once, from the simulator's task records."""
+    return max_overlap([(r["created_at"], r["ended_at"]) for r in records])

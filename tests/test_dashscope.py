@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from support import unfinished_overlap
 
 from wanx_mcp.catalog import WAN_21_22
 from wanx_mcp.config import Settings
@@ -357,14 +358,6 @@ async def test_list_tasks_filters_and_pages(make_simulator: MakeSimulator) -> No
 # -- rate limiting ---------------------------------------------------------------------------------
 
 
-def max_overlap(records: list[dict[str, Any]]) -> int:
-    """The most tasks that were ever submitted and not yet ended at the same time."""
-    events = sorted([(r["created_at"], 1) for r in records] + [(r["ended_at"], -1) for r in records])
-    most = current = 0
-    for _, step in events:
-        current += step
-        most = max(most, current)
-    return most
 
 
 async def test_a_burst_queues_locally_without_429s_or_too_many_tasks(make_simulator: MakeSimulator) -> None:
@@ -389,7 +382,7 @@ async def test_a_burst_queues_locally_without_429s_or_too_many_tasks(make_simula
     report = stats(sim)
     assert report["creates_received"] == 10 and report["tasks_created"] == 10
     assert not [r for r in report["requests"] if r["status"] == 429]
-    assert max_overlap(list(report["tasks"].values())) <= 2
+    assert unfinished_overlap(list(report["tasks"].values())) <= 2
     assert await limiter.running(FAMILY) == 0 and await limiter.queued(FAMILY) == 0
 
 

@@ -23,7 +23,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 from PIL import Image
-from support import WANX, free_port, isolated_env, listening, simulator_env
+from support import WANX, free_port, isolated_env, listening, max_overlap, simulator_env
 
 from wanx_mcp.catalog import get_model, rate_limits
 from wanx_mcp.simulator import FamilyLimits, RunningSimulator
@@ -128,16 +128,6 @@ async def call_all(calls: list[tuple[Client, str, dict[str, Any]]]) -> list[Call
             group.start_soon(one, index, client, tool, arguments)
     assert all(result is not None for result in results)
     return [result for result in results if result is not None]
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at any one instant (one that ends as another starts does not overlap it)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    most = current = 0
-    for _, step in events:
-        current += step
-        most = max(most, current)
-    return most
 
 
 def check_log(served: Served) -> None:

@@ -23,7 +23,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from PIL import Image
-from support import WANX, isolated_env, settings_for, simulator_env
+from support import WANX, isolated_env, settings_for, simulator_env, unfinished_overlap
 
 from wanx_mcp.catalog import WAN_21_22
 from wanx_mcp.service import Wanx
@@ -60,14 +60,6 @@ async def stdio_servers(env: dict[str, str], count: int) -> AsyncIterator[list[C
         yield clients
 
 
-def max_overlap(records: list[dict[str, Any]]) -> int:
-    """The most tasks that were ever submitted and not yet ended upstream at the same time."""
-    events = sorted([(r["created_at"], 1) for r in records] + [(r["ended_at"], -1) for r in records])
-    most = current = 0
-    for _, step in events:
-        current += step
-        most = max(most, current)
-    return most
 
 
 def agent_logged(requests: list[dict[str, Any]]) -> None:
@@ -156,7 +148,7 @@ async def test_three_servers_share_the_account_limits_and_the_work(
     requests = stats["requests"]
     assert not [r for r in requests if r["status"] == 429], "upstream 429s"
     assert stats["creates_received"] == stats["tasks_created"] == 36  # nothing sent twice
-    assert max_overlap(list(stats["tasks"].values())) <= 2
+    assert unfinished_overlap(list(stats["tasks"].values())) <= 2
     task_ids = {task["task_id"] for task in results}
     assert set(stats["tasks"]) == task_ids
     assert downloads(requests) == dict.fromkeys(task_ids, 1)  # every video fetched exactly once
