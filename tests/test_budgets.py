@@ -98,14 +98,16 @@ def peak_rss_mb(pid: int) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # sixteen fits of a 64-megapixel image (each create checks it, then prepares it to send)
 async def test_server_peak_memory_stays_bounded_under_big_images_and_bodies(
-    tmp_path: Path, record_property: Callable[[str, object], None]
+    tmp_path: Path, simulator: RunningSimulator, record_property: Callable[[str, object], None]
 ) -> None:
     png = tmp_path / "transparent.png"
     subprocess.run([sys.executable, "-c", BIG_PNG, str(png)], check=True, timeout=300)  # not in this process
     assert png.stat().st_size < 400_000
     port = support.free_port()
-    env = support.isolated_env(tmp_path, WANX_MCP_TOKEN=TOKEN, WANX_SIMULATOR_SPEED="200")
-    command = [*support.WANX, "serve", "--transport", "http", "--port", str(port), "--simulate"]
+    # the simulator runs in this process, so the server's resident set is the server's own (a built-in
+    # simulator would decode and render the submitted 64-megapixel image inside the measured process)
+    env = support.isolated_env(tmp_path, **support.simulator_env(simulator), WANX_MCP_TOKEN=TOKEN)
+    command = [*support.WANX, "serve", "--transport", "http", "--port", str(port)]
     url, headers = f"http://127.0.0.1:{port}/mcp", {"Authorization": f"Bearer {TOKEN}"}
     with support.listening(command, env, port, tmp_path / "server.log") as process:
         http = httpx2.AsyncClient(headers=headers, timeout=1200)
