@@ -442,9 +442,15 @@ def test_concurrent_endless_downloads_stay_within_slots_times_the_cap(origin: Or
     """Six endless streams, two slots, 1 MB per file: never more than about 2 MB on disk at once."""
     cap, peak, stop = 1 << 20, [0], threading.Event()
 
+    def size(part: Path) -> int:
+        try:
+            return part.stat().st_size
+        except FileNotFoundError:  # finished or removed since it was listed
+            return 0
+
     def watch() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], sum(p.stat().st_size for p in tmp_path.glob(".*.part") if p.exists()))
+            peak[0] = max(peak[0], sum(size(part) for part in tmp_path.glob(".*.part")))
             time.sleep(0.002)
 
     async def main() -> list[BaseException | int]:
