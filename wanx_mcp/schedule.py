@@ -24,9 +24,11 @@ MIN_INTERVAL = 1.0
 WINDOW_SPREADS = math.sqrt(3)
 #: Seconds of detection lag one status request is worth (unscaled). Chosen with ``python -m bench``: less mean
 #: lag than the official SDK on about half its requests; larger saves requests and costs lag.
-REQUEST_COST = 0.175
+REQUEST_COST = 0.1
 #: Spread assumed for the catalog's figure, as a fraction of it, while there is no history.
 FALLBACK_SPREAD = 0.2
+#: How many samples' worth of weight that assumed spread keeps once there is history.
+PRIOR_WEIGHT = 3
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,22 @@ class Estimate:
 
     @classmethod
     def from_history(cls, samples: list[float], fallback: float, *, time_scale: float = 1.0) -> Estimate:
-        """From recent durations of similar tasks; ``fallback`` (the catalog's figure) when there are few."""
-        if len(samples) >= 3:
-            middle = statistics.median(samples)
-            spread = statistics.stdev(samples)
-        elif samples:
-            middle, spread = statistics.fmean(samples), 0.15 * statistics.fmean(samples)
-        else:
+        """From recent durations of similar tasks, and ``fallback`` (the catalog's figure) as a prior.
+
+        The middle is the samples' median (with three or more), else their mean weighed with the fallback. The
+        spread pools the samples' variance with a prior one (``FALLBACK_SPREAD`` of the middle, counted as
+        ``PRIOR_WEIGHT`` samples), so that a few similar durations do not make the window too narrow, and
+        widens by how uncertain the middle still is (``√(1 + 1/n)``).
+        """
+        n = len(samples)
+        if n == 0:
             middle, spread = fallback, FALLBACK_SPREAD * fallback
+        else:
+            middle = statistics.median(samples) if n >= 3 else (sum(samples) + fallback) / (n + 1)
+            prior = FALLBACK_SPREAD * middle
+            variance = statistics.variance(samples) if n >= 2 else 0.0
+            pooled = (PRIOR_WEIGHT * prior**2 + (n - 1) * variance) / (PRIOR_WEIGHT + n - 1)
+            spread = math.sqrt(pooled * (1 + 1 / n))
         return cls(seconds=middle, spread=max(spread, 0.05 * middle, MIN_INTERVAL / time_scale))
 
     @property

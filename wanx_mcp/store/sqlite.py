@@ -1,9 +1,16 @@
 """The embedded task store: one SQLite file (WAL) shared by any number of processes on one machine.
 
-Every call runs in a worker thread on the store's one connection (serialised by a capacity limiter of one), so
-the event loop never waits for the disk or for another process's lock. Writes are short ``BEGIN IMMEDIATE``
-transactions; a busy database is waited for (``busy_timeout``) in that thread. Waiters see other processes'
-commits through ``PRAGMA data_version``, checked at most every ``POLL`` seconds however many wait.
+Calls run on the event loop, never waiting there for a lock or the disk. Reads use a connection of their own:
+under WAL a reader never waits for a writer, and a read of this small file takes about a tenth of a millisecond.
+Writes are short ``BEGIN IMMEDIATE`` transactions on a second connection, one at a time; commits do not sync
+(``synchronous=NORMAL``), and the log is checkpointed (which syncs) in a worker thread every ``CHECKPOINT_EVERY``
+writes. A write that finds another process holding the write lock is retried in a worker thread, which waits for
+it (``busy_timeout``). Hops to a worker thread for every call, queued behind each other and behind the event
+loop for the interpreter lock, made a status check's answer reach its waiter tens of milliseconds late.
+
+A write wakes the waiters of the task it wrote, not every waiter; other processes' commits are seen through
+``PRAGMA data_version``, checked at most every ``POLL`` seconds however many wait, and the tasks they changed
+through the feed column ``changed``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -38,8 +45,15 @@ POLL = 0.1
 FEED_POLL = 0.25
 #: Seconds a write waits for another process's transaction before failing.
 BUSY_TIMEOUT = 10.0
+#: Seconds a read (on the event loop) waits for the rare lock a WAL reader can meet (another process recovering
+#: the log after a crash) before failing.
+READ_BUSY_TIMEOUT = 1.0
 #: SQLite's primary result codes of a file that is not a sound database: SQLITE_CORRUPT, SQLITE_NOTADB.
 DAMAGED = (11, 26)
+#: SQLite's primary result code of a lock held by another connection.
+SQLITE_BUSY = 5
+#: Writes between two checkpoints of the write-ahead log into the database file.
+CHECKPOINT_EVERY = 500
 #: Slack when comparing times, so float rounding does not move a send out of its window.
 EPSILON = 1e-6
 
@@ -103,14 +117,17 @@ class SQLiteStore(TaskStore):
 
     def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        self._in_memory = str(path) == ":memory:"
         self._busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._gate = anyio.CapacityLimiter(1)
         self._writes = 0  # commits of this instance (data_version only counts other connections')
         self._seen: tuple[int, int] = (0, 0)
+        self._cursor = 0  # the feed number up to which other connections' task changes were woken for
         self._probed = -1.0
-        self._probe_lock = anyio.Lock()
         self._local_change = anyio.Event()
+        self._task_waits: dict[str, anyio.Event] = {}  # task_id -> set when the task's version may have grown
 
     @property
     def location(self) -> str:
@@ -122,33 +139,49 @@ class SQLiteStore(TaskStore):
     # ---- plumbing ------------------------------------------------------------------------------------
 
     async def _run(self, call: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
-        """Run ``call`` on the connection in a worker thread, in a ``BEGIN IMMEDIATE`` transaction if ``write``."""
-
-        def work() -> T:
-            db = self._connection()
-            with self._errors("write" if write else "read"):
-                if not write:
-                    return call(db)
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = call(db)
-                except BaseException:
-                    db.rollback()
-                    raise
-                db.commit()
-                return result
-
-        result = await anyio.to_thread.run_sync(work, limiter=self._gate)
-        if write:
+        """Run ``call`` here: a read on the reading connection, a ``write`` in a ``BEGIN IMMEDIATE`` transaction
+        on the writing connection (in a worker thread, waiting for the lock, if another process holds it). Every
+        call is a checkpoint of the event loop."""
+        if not write:
+            result = self._read(call)
+            await anyio.lowlevel.checkpoint()
+            return result
+        db = self._connection(self._db)
+        async with self._gate:
+            with self._errors("write"):
+                outcome = _transaction(db, call, wait=False)
+            if isinstance(outcome, _Busy):
+                outcome = await anyio.to_thread.run_sync(self._patiently, db, call)
             self._writes += 1
-            self._local_change.set()
-            self._local_change = anyio.Event()
-        return result
+            if self._writes % CHECKPOINT_EVERY == 0 and not self._in_memory:
+                await anyio.to_thread.run_sync(self._checkpoint, db)
+        await anyio.lowlevel.checkpoint()
+        self._local_change.set()
+        self._local_change = anyio.Event()
+        return outcome
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
+    def _read(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        with self._errors("read"):
+            return call(self._connection(self._reader))
+
+    def _patiently(self, db: sqlite3.Connection, call: Callable[[sqlite3.Connection], T]) -> T:
+        """The transaction, waiting up to ``busy_timeout`` for another process's lock (in a worker thread)."""
+        with self._errors("write"):
+            db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            try:
+                return cast(T, _transaction(db, call, wait=True))
+            finally:
+                db.execute("PRAGMA busy_timeout=0")
+
+    def _checkpoint(self, db: sqlite3.Connection) -> None:
+        """Copy the write-ahead log into the database file as far as no reader needs it (never waits)."""
+        with self._errors("write"):
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _connection(self, db: sqlite3.Connection | None) -> sqlite3.Connection:
+        if db is None:
             raise JournalError(f"JournalError: the task journal at {self.location} is not open")
-        return self._db
+        return db
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -175,21 +208,31 @@ class SQLiteStore(TaskStore):
         def connect() -> None:
             with self._errors("open"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False
-                )
+                db = self._connect(self._busy_timeout)
+                reader = None
                 try:
-                    db.row_factory = sqlite3.Row
-                    db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
                     db.execute("PRAGMA journal_mode=WAL")
                     db.execute("PRAGMA synchronous=NORMAL")
                     self._migrate(db)
+                    self._cursor = int(db.execute("SELECT COALESCE(MAX(changed), 0) FROM tasks").fetchone()[0])
+                    db.execute("PRAGMA busy_timeout=0")  # writes try at once; _patiently waits
+                    db.execute("PRAGMA wal_autocheckpoint=0")  # _checkpoint, in a worker thread
+                    reader = db if self._in_memory else self._connect(READ_BUSY_TIMEOUT)
+                    if reader is not db:
+                        reader.execute("PRAGMA query_only=1")
                 except BaseException:
-                    db.close()
+                    for connection in {db, reader} - {None}:
+                        connection.close()
                     raise
-                self._db = db
+                self._db, self._reader = db, reader
 
         await anyio.to_thread.run_sync(connect, limiter=self._gate)
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        return db
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -209,9 +252,9 @@ class SQLiteStore(TaskStore):
 
     async def close(self) -> None:
         def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            for connection in {self._reader, self._db} - {None}:
+                connection.close()
+            self._db = self._reader = None
 
         await anyio.to_thread.run_sync(close, limiter=self._gate)
 
@@ -221,20 +264,9 @@ class SQLiteStore(TaskStore):
     # ---- tasks ---------------------------------------------------------------------------------------
 
     async def insert_task(self, task: Task, request: dict[str, Any]) -> bool:
-        def insert(db: sqlite3.Connection) -> bool:
-            added = db.execute(
-                "INSERT INTO tasks (task_id, status, model, resolution, duration, created_at, finished_at,"
-                f" video_path, request, data, version, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, {NEXT_CHANGE})"
-                " ON CONFLICT (task_id) DO NOTHING",
-                (task.task_id, task.status, task.model, task.resolution, task.duration,
-                 task.created_at or iso(utcnow()), task.finished_at, task.video_path, json.dumps(request),
-                 task.model_dump_json()),
-            ).rowcount  # fmt: skip
-            if added:
-                db.execute("INSERT INTO events VALUES (?, ?, ?)", (task.task_id, iso(utcnow()), task.status))
-            return bool(added)
-
-        return await self._run(insert, write=True)
+        added = await self._run(lambda db: _insert_task(db, task, request), write=True)
+        self._wake(task.task_id)
+        return added
 
     async def record(self, task_id: str) -> Record | None:
         def read(db: sqlite3.Connection) -> Record | None:
@@ -265,7 +297,10 @@ class SQLiteStore(TaskStore):
                 db.execute("INSERT INTO events VALUES (?, ?, ?)", (task.task_id, iso(utcnow()), task.status))
             return expected_version + 1
 
-        return await self._run(update, write=True)
+        version = await self._run(update, write=True)
+        if version is not None:
+            self._wake(task.task_id)
+        return version
 
     async def request_of(self, task_id: str) -> dict[str, Any] | None:
         def read(db: sqlite3.Connection) -> dict[str, Any] | None:
@@ -327,18 +362,43 @@ class SQLiteStore(TaskStore):
 
     # ---- change checks -------------------------------------------------------------------------------
 
-    async def _generation(self) -> tuple[int, int]:
-        """(this instance's writes, other connections' commits): different as soon as anything changed; the
-        database is asked at most every POLL seconds, shared by all waiters."""
-        async with self._probe_lock:
-            if anyio.current_time() - self._probed >= POLL:
-                data_version = await self._run(lambda db: int(db.execute("PRAGMA data_version").fetchone()[0]))
-                self._seen, self._probed = (self._writes, data_version), anyio.current_time()
-            return self._writes, self._seen[1]
+    def _wake(self, task_id: str) -> None:
+        """Wake whoever waits for a change of the task."""
+        event = self._task_waits.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    def _task_event(self, task_id: str) -> anyio.Event:
+        """The event set at the task's next change (register it before reading, so no change slips between)."""
+        event = self._task_waits.get(task_id)
+        if event is None:
+            event = self._task_waits[task_id] = anyio.Event()
+        return event
+
+    def _generation(self) -> tuple[int, int]:
+        """(this instance's writes, the reading connection's ``data_version``): different as soon as anything
+        changed. The database is asked at most every POLL seconds, shared by all waiters; when some connection
+        committed, the waiters of the tasks it changed are woken (again, for this instance's own writes)."""
+        if anyio.current_time() - self._probed >= POLL:
+            seen, cursor = self._seen[1], self._cursor
+
+            def probe(db: sqlite3.Connection) -> tuple[int, list[tuple[str, int]]]:
+                data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+                if data_version == seen:
+                    return data_version, []
+                rows = db.execute("SELECT task_id, changed FROM tasks WHERE changed > ?", (cursor,)).fetchall()
+                return data_version, [(row[0], int(row[1])) for row in rows]
+
+            data_version, changed = self._read(probe)
+            self._seen, self._probed = (self._writes, data_version), anyio.current_time()
+            for task_id, number in changed:
+                self._cursor = max(self._cursor, number)
+                self._wake(task_id)
+        return self._writes, self._seen[1]
 
     async def _wait_for(self, read: Callable[[], Any], after_version: int, timeout: float, poll: float = POLL) -> int:
         deadline = anyio.current_time() + max(timeout, 0.0)
-        generation = await self._generation()
+        generation = self._generation()
         version = int(await read())
         while version <= after_version:
             left = deadline - anyio.current_time()
@@ -346,19 +406,35 @@ class SQLiteStore(TaskStore):
                 break
             with anyio.move_on_after(min(left, poll)):
                 await self._local_change.wait()
-            now = await self._generation()
+            now = self._generation()
             if now != generation:
                 generation, version = now, int(await read())
         return version
 
     async def wait_for_change(self, task_id: str, after_version: int, timeout: float) -> int:
+        """Woken by this store's writes of the task, and by the probe seeing other connections change it."""
+
         async def read() -> int:
             row = await self._run(
                 lambda db: db.execute("SELECT version FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             )
             return int(row[0]) if row else 0
 
-        return await self._wait_for(read, after_version, timeout)
+        deadline = anyio.current_time() + max(timeout, 0.0)
+        woken = self._task_event(task_id)
+        version = await read()
+        while version <= after_version:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                break
+            with anyio.move_on_after(min(left, POLL)):
+                await woken.wait()
+            if not woken.is_set():
+                self._generation()
+            if woken.is_set():
+                woken = self._task_event(task_id)
+                version = await read()
+        return version
 
     async def changes(self, after: int | None, timeout: float) -> tuple[int, list[str]]:
         async def newest() -> int:
@@ -446,18 +522,13 @@ class SQLiteStore(TaskStore):
                 " WHERE id = ? AND outcome IN ('ambiguous', 'sent')",
                 (task.task_id, submission_id),
             ).rowcount
-            if claimed and db.execute(
-                "INSERT INTO tasks (task_id, status, model, resolution, duration, created_at, finished_at,"
-                f" video_path, request, data, version, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, {NEXT_CHANGE})"
-                " ON CONFLICT (task_id) DO NOTHING",
-                (task.task_id, task.status, task.model, task.resolution, task.duration,
-                 task.created_at or iso(utcnow()), task.finished_at, task.video_path, json.dumps(request),
-                 task.model_dump_json()),
-            ).rowcount:  # fmt: skip
-                db.execute("INSERT INTO events VALUES (?, ?, ?)", (task.task_id, iso(utcnow()), task.status))
+            if claimed:
+                _insert_task(db, task, request)
             return bool(claimed)
 
-        return await self._run(claim, write=True)
+        claimed = await self._run(claim, write=True)
+        self._wake(task.task_id)
+        return claimed
 
     async def spend_since(self, moment: datetime) -> float:
         query = f"SELECT COALESCE(SUM(s.estimated_cost_cny), 0) {COUNTED_SPEND}"
@@ -665,6 +736,42 @@ def set_aside(path: Path) -> Path | None:
     moved = path.with_name(path.name + suffix)
     path.rename(moved)
     return moved
+
+
+class _Busy:
+    """A write lock held by another connection, met at the start of a transaction (nothing was done)."""
+
+
+def _transaction(db: sqlite3.Connection, call: Callable[[sqlite3.Connection], T], *, wait: bool) -> T | _Busy:
+    """``call`` in a ``BEGIN IMMEDIATE`` transaction; unless ``wait``, _Busy when another connection holds the write
+    lock (the connection's ``busy_timeout`` says how long ``BEGIN`` waits for it)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if not wait and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_BUSY:
+            return _Busy()
+        raise
+    try:
+        result = call(db)
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
+    return result
+
+
+def _insert_task(db: sqlite3.Connection, task: Task, request: dict[str, Any]) -> bool:
+    """Store a new task (version 1, with its first event); False if it is stored already."""
+    added = db.execute(
+        "INSERT INTO tasks (task_id, status, model, resolution, duration, created_at, finished_at,"
+        f" video_path, request, data, version, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, {NEXT_CHANGE})"
+        " ON CONFLICT (task_id) DO NOTHING",
+        (task.task_id, task.status, task.model, task.resolution, task.duration, task.created_at or iso(utcnow()),
+         task.finished_at, task.video_path, json.dumps(request), task.model_dump_json()),
+    ).rowcount  # fmt: skip
+    if added:
+        db.execute("INSERT INTO events VALUES (?, ?, ?)", (task.task_id, iso(utcnow()), task.status))
+    return bool(added)
 
 
 def _insert_submission(db: sqlite3.Connection, model: str, request: dict[str, Any], owner: str,
