@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
@@ -242,7 +243,8 @@ class DashScopeClient:
     """DashScope's task API on one ``httpx.AsyncClient``; use as ``async with`` or call :meth:`aclose`.
 
     ``limiter`` is shared by every client given the same one; without it the client makes its own.
-    ``backoff`` is the first retry delay in seconds, doubled each retry up to ``max_backoff``.
+    ``backoff`` is the first retry delay in seconds, doubled each retry up to ``max_backoff``. ``verify``: the
+    TLS context (sharing one saves loading the CA certificates again, about 50 ms).
     """
 
     def __init__(
@@ -257,6 +259,7 @@ class DashScopeClient:
         max_backoff: float = 30.0,
         limiter: RateLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._api_key = api_key or None
         redact.register(api_key)
@@ -275,6 +278,7 @@ class DashScopeClient:
             headers={"User-Agent": USER_AGENT} | ({"Authorization": f"Bearer {api_key}"} if api_key else {}),
             timeout=timeout,
             transport=transport,
+            verify=verify,
         )
 
     @classmethod

@@ -14,14 +14,20 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-import av
 from PIL import Image, ImageDraw, ImageFont
 
 from .tasks import Task, VideoFacts
 
+if TYPE_CHECKING:
+    import av
+
 log = logging.getLogger(__name__)
+
+#: Units per second of a container's duration (FFmpeg's AV_TIME_BASE, ``av.time_base``).
+AV_TIME_BASE = 1_000_000
 
 SHEET_FRAMES = 9
 """Frames on a contact sheet: first, middle and last among them (an odd number spreads evenly)."""
@@ -63,6 +69,8 @@ def examine(path: Path, picks: int = SHEET_FRAMES) -> Examined:
 
     Raises VideoError when it has no video stream, does not decode, or has fewer frames than it declares.
     """
+    import av  # loaded with the first video, not with the server (about 65 ms of its start-up)
+
     try:
         with av.open(str(path)) as container:
             if "mp4" not in container.format.name.split(","):
@@ -200,7 +208,7 @@ class Media:
 def _seconds(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> float:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
-    return container.duration / av.time_base if container.duration else 0.0
+    return container.duration / AV_TIME_BASE if container.duration else 0.0
 
 
 def _spread(count: int, picks: int) -> set[int]:

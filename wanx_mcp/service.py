@@ -235,9 +235,10 @@ class Wanx:
                 settings = settings.simulated(sim.base_url, sim.speed)
             owner = new_owner_id()
             limiter = RateLimiter(store=store, owner=owner, owner_ttl=settings.lease_ttl)
-            options = {"limiter": limiter, **(client_options or {})}
+            tls = httpx.create_ssl_context()  # one for both clients
+            options = {"limiter": limiter, "verify": tls, **(client_options or {})}
             client = await stack.enter_async_context(DashScopeClient.from_settings(settings, **options))
-            downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT))
+            downloads = await stack.enter_async_context(httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, verify=tls))
             media = Media()
             watcher = Watcher(
                 client, store, settings, downloads, on_change=on_change, check_video=media.check_download,

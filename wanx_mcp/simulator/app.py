@@ -154,6 +154,7 @@ def create_app(state: SimulatorState) -> Starlette:
         return f"{root}/results/{task.task_id}.mp4?Expires={expires}&Signature=sim"
 
     async def create_task(request: Request) -> Response:
+        arrived = state.clock.now()
         endpoint = request.url.path.removeprefix(API)
         state.count("creates_received")
         raw = await request.body()
@@ -162,11 +163,16 @@ def create_app(state: SimulatorState) -> Starlette:
         key = api_key(request)
         if request.headers.get("x-dashscope-async", "").lower() != "enable":
             raise ApiError(403, "AccessDenied", "current user api does not support synchronous calls")
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = None
-        task, fault = state.create(key, body, endpoint, authorization=request.headers["authorization"])
+        authorization = request.headers["authorization"]
+
+        def create() -> tuple[SimTask, Fault | None]:  # parsing and checking images: off the event loop
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = None
+            return state.create(key, body, endpoint, authorization=authorization, arrived=arrived)
+
+        task, fault = await anyio.to_thread.run_sync(create)
         answered_id = fault.value if fault is not None and fault.kind == "bad_task_id" else task.task_id
         response = JSONResponse(
             {"output": {"task_status": "PENDING", "task_id": answered_id}, "request_id": task.request_id}
