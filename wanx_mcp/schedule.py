@@ -22,9 +22,9 @@ MIN_INTERVAL = 1.0
 #: The likely window's half-width in spreads: √3 standard deviations is the whole range of an evenly spread
 #: duration and about 92 % of a normal one.
 WINDOW_SPREADS = math.sqrt(3)
-#: Seconds of detection lag one status request is worth (unscaled). Chosen with ``python -m bench``: less mean
-#: lag than the official SDK on about half its requests; larger saves requests and costs lag.
-REQUEST_COST = 0.1
+#: Seconds of detection lag one status request is worth (unscaled). Chosen with ``python -m bench``: about 0.7 of
+#: the official SDK's mean lag on about 0.8 of its v2 client's requests; larger saves requests and costs lag.
+REQUEST_COST = 0.13
 #: Spread assumed for the catalog's figure, as a fraction of it, while there is no history.
 FALLBACK_SPREAD = 0.2
 #: How many samples' worth of weight that assumed spread keeps once there is history.

@@ -38,7 +38,6 @@ DOWNLOAD_ATTEMPTS = 6  # failed downloads before the task's notes say so (retryi
 DOWNLOAD_BACKOFF = 2.0
 DOWNLOAD_MAX_BACKOFF = 60.0
 DOWNLOAD_TIMEOUT = 600.0
-DASHSCOPE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: The typical generation time assumed for a task of a model the catalog does not know.
 UNKNOWN_MODEL_SECONDS = 120.0
 #: Seconds a watch lease lasts unless renewed; a dead holder's tasks are taken over after at most this long.
@@ -71,10 +70,13 @@ def _known_model(name: str) -> ModelSpec | None:
 
 
 def _upstream_time(text: str | None) -> datetime | None:
+    """DashScope's ``YYYY-MM-DD HH:MM:SS.mmm`` (its region's time, no zone); None if absent or otherwise
+    (``fromisoformat``: a tenth of ``strptime``'s cost, on every status answer)."""
     try:
-        return datetime.strptime(text, DASHSCOPE_TIME_FORMAT) if text else None
+        moment = datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
+    return moment if moment is not None and moment.tzinfo is None else None
 
 
 def _queued_seconds(response: TaskResponse) -> float | None:
