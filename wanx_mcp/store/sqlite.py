@@ -122,8 +122,8 @@ class SQLiteStore(TaskStore):
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._gate = anyio.CapacityLimiter(1)
-        self._writes = 0  # commits of this instance (data_version only counts other connections')
-        self._seen: tuple[int, int] = (0, 0)
+        self._writes = 0  # commits of this instance (each CHECKPOINT_EVERY-th checkpoints the log)
+        self._data_version = 0  # the reading connection's PRAGMA data_version when last probed
         self._cursor = 0  # the feed number up to which other connections' task changes were woken for
         self._probed = -1.0
         self._local_change = anyio.Event()
@@ -156,9 +156,13 @@ class SQLiteStore(TaskStore):
             if self._writes % CHECKPOINT_EVERY == 0 and not self._in_memory:
                 await anyio.to_thread.run_sync(self._checkpoint, db)
         await anyio.lowlevel.checkpoint()
+        self._changed()
+        return outcome
+
+    def _changed(self) -> None:
+        """Wake the waiters of any change (the rate limits', the feed's)."""
         self._local_change.set()
         self._local_change = anyio.Event()
-        return outcome
 
     def _read(self, call: Callable[[sqlite3.Connection], T]) -> T:
         with self._errors("read"):
@@ -375,66 +379,65 @@ class SQLiteStore(TaskStore):
             event = self._task_waits[task_id] = anyio.Event()
         return event
 
-    def _generation(self) -> tuple[int, int]:
-        """(this instance's writes, the reading connection's ``data_version``): different as soon as anything
-        changed. The database is asked at most every POLL seconds, shared by all waiters; when some connection
-        committed, the waiters of the tasks it changed are woken (again, for this instance's own writes)."""
-        if anyio.current_time() - self._probed >= POLL:
-            seen, cursor = self._seen[1], self._cursor
+    def _probe(self) -> None:
+        """At most every POLL seconds, however many wait: if any connection committed since (another process, or
+        this one's writer), wake the waiters of the tasks it changed (the feed column ``changed`` says which) and
+        the waiters of any change."""
+        if anyio.current_time() - self._probed < POLL:
+            return
+        seen, cursor = self._data_version, self._cursor
 
-            def probe(db: sqlite3.Connection) -> tuple[int, list[tuple[str, int]]]:
-                data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
-                if data_version == seen:
-                    return data_version, []
-                rows = db.execute("SELECT task_id, changed FROM tasks WHERE changed > ?", (cursor,)).fetchall()
-                return data_version, [(row[0], int(row[1])) for row in rows]
+        def probe(db: sqlite3.Connection) -> tuple[int, list[tuple[str, int]]]:
+            data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+            if data_version == seen:
+                return data_version, []
+            rows = db.execute("SELECT task_id, changed FROM tasks WHERE changed > ?", (cursor,)).fetchall()
+            return data_version, [(row[0], int(row[1])) for row in rows]
 
-            data_version, changed = self._read(probe)
-            self._seen, self._probed = (self._writes, data_version), anyio.current_time()
-            for task_id, number in changed:
-                self._cursor = max(self._cursor, number)
-                self._wake(task_id)
-        return self._writes, self._seen[1]
+        data_version, changed = self._read(probe)
+        self._probed = anyio.current_time()
+        if data_version == seen:
+            return
+        self._data_version = data_version
+        for task_id, number in changed:
+            self._cursor = max(self._cursor, number)
+            self._wake(task_id)
+        self._changed()
 
-    async def _wait_for(self, read: Callable[[], Any], after_version: int, timeout: float, poll: float = POLL) -> int:
+    async def _wait_for(
+        self, read: Callable[[], Any], after_version: int, timeout: float, *, task_id: str | None = None,
+        poll: float = POLL,
+    ) -> int:  # fmt: skip
+        """Until ``read()`` exceeds ``after_version`` or ``timeout`` passes; re-read when a write of ``task_id``
+        (any write, without one) or the probe of other connections' commits says it may have changed."""
+
+        def event() -> anyio.Event:  # registered before reading, so a change in between still wakes us
+            return self._task_event(task_id) if task_id is not None else self._local_change
+
         deadline = anyio.current_time() + max(timeout, 0.0)
-        generation = self._generation()
+        woken = event()
         version = int(await read())
         while version <= after_version:
             left = deadline - anyio.current_time()
             if left <= 0:
                 break
             with anyio.move_on_after(min(left, poll)):
-                await self._local_change.wait()
-            now = self._generation()
-            if now != generation:
-                generation, version = now, int(await read())
+                await woken.wait()
+            if not woken.is_set():
+                self._probe()
+            if woken.is_set():
+                woken = event()
+                version = int(await read())
         return version
 
     async def wait_for_change(self, task_id: str, after_version: int, timeout: float) -> int:
-        """Woken by this store's writes of the task, and by the probe seeing other connections change it."""
-
         async def read() -> int:
             row = await self._run(
                 lambda db: db.execute("SELECT version FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             )
             return int(row[0]) if row else 0
 
-        deadline = anyio.current_time() + max(timeout, 0.0)
-        woken = self._task_event(task_id)
-        version = await read()
-        while version <= after_version:
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                break
-            with anyio.move_on_after(min(left, POLL)):
-                await woken.wait()
-            if not woken.is_set():
-                self._generation()
-            if woken.is_set():
-                woken = self._task_event(task_id)
-                version = await read()
-        return version
+        return await self._wait_for(read, after_version, timeout, task_id=task_id)
 
     async def changes(self, after: int | None, timeout: float) -> tuple[int, list[str]]:
         async def newest() -> int:
@@ -442,7 +445,7 @@ class SQLiteStore(TaskStore):
 
         if after is None:
             return await newest(), []
-        if await self._wait_for(newest, after, timeout, FEED_POLL) <= after:
+        if await self._wait_for(newest, after, timeout, poll=FEED_POLL) <= after:
             return after, []
         rows = await self._run(
             lambda db: db.execute(
